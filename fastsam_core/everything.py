@@ -1,0 +1,235 @@
+"""Everything mode: every object in a batch of images, as RLE masks.
+
+The steps and their numerics follow ultralytics' FastSAM predictor (letterbox, one forward pass,
+NMS, masks = sigmoid(coefficients x prototypes) cropped to the box, dropped when empty), so the
+two agree mask for mask. What differs is memory and time: ultralytics upsamples every mask to the
+whole image (N x H x W) before cropping; here each mask is evaluated only inside its box, a chunk
+of masks at a time, and becomes RLE before the next chunk starts.
+
+Boxes are the detector's boxes in original pixels, clipped to the image. ultralytics' FastSAM
+predictor also moves box edges within 20 px of the border onto it (an in-place side effect of
+`adjust_bboxes_to_image_border`); that makes boxes disagree with their masks, so it is not done.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fastsam_core import rle as rle_utils
+from fastsam_core.batch import MaskBatch
+from fastsam_core.model import FastSAMModel
+from fastsam_core.resample import axis_taps, resize_window
+
+
+@dataclass(frozen=True)
+class EverythingParams:
+    """Everything-mode settings (FastSAM's defaults).
+
+    Attributes:
+        imgsz: model input size in pixels (longest side after letterboxing), a multiple of 32.
+        conf: minimum box score, in (0, 1].
+        iou: NMS IoU threshold, in (0, 1].
+        max_det: most masks kept per image.
+        retina: masks from the prototypes at the original resolution (True) or at the model's input
+            resolution, then resized to the original (False, coarser and cheaper).
+        stability_offset: logit offset for the stability score.
+        chunk_pixels: bound on the float pixels held at once while decoding masks (memory knob).
+    """
+
+    imgsz: int = 1024
+    conf: float = 0.4
+    iou: float = 0.9
+    max_det: int = 300
+    retina: bool = True
+    stability_offset: float = 1.0
+    chunk_pixels: int = 16_000_000
+
+    def __post_init__(self) -> None:
+        if self.imgsz < 32 or self.imgsz % 32:
+            raise ValueError(f"imgsz must be a positive multiple of 32, but got {self.imgsz}")
+        for name in ("conf", "iou"):
+            v = getattr(self, name)
+            if not 0 < v <= 1:
+                raise ValueError(f"{name} must be in (0, 1], but got {v}")
+        if self.max_det < 1:
+            raise ValueError(f"max_det must be >= 1, but got {self.max_det}")
+
+
+def _check_images(images: Sequence[np.ndarray]) -> None:
+    for i, im in enumerate(images):
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            shape = getattr(im, "shape", None)
+            dtype = getattr(im, "dtype", type(im).__name__)
+            raise ValueError(f"image {i} must be an (H, W, 3) uint8 RGB array, but got shape {shape}, dtype {dtype}")
+        if im.shape[0] == 0 or im.shape[1] == 0:
+            raise ValueError(f"image {i} is empty: shape {im.shape}")
+
+
+def letterbox(images: Sequence[np.ndarray], imgsz: int, stride: int) -> np.ndarray:
+    """Resize and pad a batch to one input shape, as ultralytics' predictor does.
+
+    Images of one shape get the smallest stride-multiple rectangle; mixed shapes a square.
+
+    Returns:
+        (B, h, w, 3) uint8.
+    """
+    from ultralytics.data.augment import LetterBox
+
+    same = len({im.shape for im in images}) == 1
+    lb = LetterBox(imgsz, auto=same, stride=stride)
+    return np.stack([lb(image=im) for im in images])
+
+
+def _upsample_factor(mh: int, mw: int, h: int, w: int) -> int:
+    """ultralytics' pre-upsampling factor (1, 2 or 4) that makes the letterbox padding whole pixels."""
+    gain = min(4 * mh / h, 4 * mw / w)
+    pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
+    return 4 // math.gcd(4, pad | pad // 2)
+
+
+def _content_crop(in_h: int, in_w: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the image content inside a letterboxed (in_h, in_w) map."""
+    gain = min(in_h / h, in_w / w)
+    pad_w, pad_h = (in_w - max(round(w * gain), 1)) / 2, (in_h - max(round(h * gain), 1)) / 2
+    top, left = round(pad_h - 0.1), round(pad_w - 0.1)
+    return top, top + max(round(h * gain), 1), left, left + max(round(w * gain), 1)
+
+
+def _box_window(box: torch.Tensor, h: int, w: int) -> tuple[int, int, int, int]:
+    """Integer pixels (x0, y0, x1, y1), end-exclusive, with x0 <= x < x1 iff box.x1 <= x < box.x2."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    x0, y0 = min(max(math.ceil(x1), 0), w), min(max(math.ceil(y1), 0), h)
+    return x0, y0, max(min(math.ceil(x2), w), x0), max(min(math.ceil(y2), h), y0)
+
+
+class Segmenter:
+    """Everything mode on a loaded model. Stateless between calls; safe to reuse."""
+
+    def __init__(self, model: FastSAMModel, params: EverythingParams | None = None):
+        self.model = model
+        self.params = params or EverythingParams(imgsz=model.default_imgsz)
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[MaskBatch]:
+        """Segment everything in a batch.
+
+        Args:
+            images: B RGB uint8 arrays (H_i, W_i, 3), of any sizes.
+
+        Returns:
+            B MaskBatches, masks sorted by score (mask_ids 0..N-1 in that order).
+        """
+        from ultralytics.utils import ops
+        from ultralytics.utils.nms import non_max_suppression
+
+        if not images:
+            return []
+        _check_images(images)
+        p, m = self.params, self.model
+        x = torch.from_numpy(letterbox(images, p.imgsz, m.stride)).to(m.device)
+        x = x.permute(0, 3, 1, 2).contiguous().float().div_(255)
+        preds, protos = m.forward(x)
+        dets = non_max_suppression(preds, p.conf, p.iou, max_det=p.max_det, nc=m.nc)
+        in_hw = tuple(x.shape[2:])
+        out = []
+        for det, proto, im in zip(dets, protos, images):
+            orig_hw = im.shape[:2]
+            boxes_in = det[:, :4].float()
+            boxes = ops.scale_boxes(in_hw, boxes_in.clone(), orig_hw)
+            out.append(self._masks(det, proto.float(), boxes_in, boxes, in_hw, orig_hw))
+        return out
+
+    def _masks(self, det, proto, boxes_in, boxes, in_hw, orig_hw) -> MaskBatch:
+        """Decode the masks of one image inside their boxes, chunk by chunk, straight to RLE."""
+        h, w = orig_hw
+        c, mh, mw = proto.shape
+        coeffs = det[:, 6:].float()
+        off = self.params.stability_offset
+        retina = self.params.retina
+        if retina:
+            f = _upsample_factor(mh, mw, h, w)
+            top, bottom, left, right = _content_crop(f * mh, f * mw, h, w)
+            rows_all = axis_taps(bottom - top, h, 0, h, proto.device)
+            cols_all = axis_taps(right - left, w, 0, w, proto.device)
+            per_mask = (f * f + 1) * mh * mw
+        else:
+            ih, iw = in_hw
+            top, bottom, left, right = _content_crop(ih, iw, h, w)
+            rows_in, cols_in = axis_taps(mh, ih, 0, ih, proto.device), axis_taps(mw, iw, 0, iw, proto.device)
+            rows_all = axis_taps(bottom - top, h, 0, h, proto.device)
+            cols_all = axis_taps(right - left, w, 0, w, proto.device)
+            per_mask = ih * iw
+            pad = math.ceil(max(h / (bottom - top), w / (right - left))) + 1
+        chunk = max(1, self.params.chunk_pixels // per_mask)
+        rles, keep, stab = [], [], []
+        for s in range(0, len(det), chunk):
+            logits = (coeffs[s : s + chunk] @ proto.view(c, -1)).view(-1, mh, mw)
+            if retina and f > 1:
+                logits = F.interpolate(logits[None], scale_factor=f, mode="bilinear")[0]
+            windows, origins = [], []
+            for k in range(len(logits)):
+                i = s + k
+                x0, y0, x1, y1 = _box_window(boxes[i], h, w)
+                if retina:
+                    src = logits[k, top:bottom, left:right]
+                    win = resize_window(src, _take(rows_all, y0, y1), _take(cols_all, x0, x1))
+                    binary = win > 0
+                    stability = _stability(win, off)
+                else:
+                    coarse, stability = self._coarse_window(logits[k], boxes_in[i], rows_in, cols_in)
+                    # One model pixel spreads over about w / (right - left) original pixels when resized.
+                    x0, y0, x1, y1 = _grow(_box_window(boxes[i], h, w), pad, h, w)
+                    src = coarse.float()[top:bottom, left:right]
+                    binary = resize_window(src, _take(rows_all, y0, y1), _take(cols_all, x0, x1)) > 0.5
+                if binary.numel() == 0 or not bool(binary.any()):
+                    continue  # ultralytics drops detections whose mask is empty
+                windows.append(binary)
+                origins.append((y0, x0))
+                keep.append(i)
+                stab.append(stability)
+            rles.extend(rle_utils.encode_windows(windows, origins, (h, w)))
+        if not keep:
+            return MaskBatch.empty((h, w))
+        idx = torch.tensor(keep, device=det.device)
+        areas = np.array([rle_utils.area(r) for r in rles], np.int64)
+        return MaskBatch(
+            image_hw=(h, w),
+            boxes_xyxy=boxes[idx].cpu().numpy(),
+            scores=det[idx, 4].float().cpu().numpy(),
+            rles=rles,
+            areas=areas,
+            stability=torch.stack(stab).cpu().numpy(),
+            mask_ids=np.arange(len(keep), dtype=np.int32),
+        )
+
+    def _coarse_window(self, logits, box_in, rows_in, cols_in):
+        """Model-resolution mask (ultralytics' non-retina path) as a full (ih, iw) bool map."""
+        ih, iw = len(rows_in.i0), len(cols_in.i0)
+        x0, y0, x1, y1 = _box_window(box_in, ih, iw)
+        win = resize_window(logits, _take(rows_in, y0, y1), _take(cols_in, x0, x1))
+        full = torch.zeros((ih, iw), dtype=torch.bool, device=logits.device)
+        full[y0:y1, x0:x1] = win > 0
+        return full, _stability(win, self.params.stability_offset)
+
+
+def _grow(box: tuple[int, int, int, int], pad: int, h: int, w: int) -> tuple[int, int, int, int]:
+    """An integer (x0, y0, x1, y1) box grown by `pad` pixels on each side, clipped to the image."""
+    x0, y0, x1, y1 = box
+    return max(x0 - pad, 0), max(y0 - pad, 0), min(x1 + pad, w), min(y1 + pad, h)
+
+
+def _take(t, start: int, stop: int):
+    """The taps of output pixels [start, stop)."""
+    return type(t)(t.i0[start:stop], t.i1[start:stop], t.w0[start:stop], t.w1[start:stop])
+
+
+def _stability(logits: torch.Tensor, offset: float) -> torch.Tensor:
+    """IoU of (logits > offset) and (logits > -offset); 0 when both are empty."""
+    inter = (logits > offset).sum()
+    union = (logits > -offset).sum()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros((), device=logits.device)).float()
