@@ -17,8 +17,7 @@ from fastsam_core import rle as rle_utils
 
 def _check_rows(name: str, arr: np.ndarray, n: int, trailing: tuple[int, ...] = ()) -> None:
     if arr.ndim != 1 + len(trailing) or arr.shape[0] != n or (trailing and arr.shape[1:] != trailing):
-        want = f"({n}{''.join(f', {t}' for t in trailing)})"
-        raise ValueError(f"{name} must have shape {want}, but got shape {arr.shape}")
+        raise ValueError(f"{name} must have shape {(n, *trailing)}, but got shape {arr.shape}")
 
 
 @dataclass(frozen=True)

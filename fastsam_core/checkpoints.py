@@ -44,7 +44,7 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
         ),
         # Trained here by `python -m fastsam_core.train_tiny` on synthetic shapes; ships in the package.
         KnownCheckpoint(
-            "fastsam-tiny.pt", "0000000000000000000000000000000000000000000000000000000000000000", 0, 160
+            "fastsam-tiny.pt", "8f46bca7341d865cbe2a7b3a434fad6a816fd86bff8fcc4af04330d68b63c0ee", 6_730_548, 160
         ),
     )
 }

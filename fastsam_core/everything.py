@@ -87,7 +87,7 @@ def letterbox(images: Sequence[np.ndarray], imgsz: int, stride: int) -> np.ndarr
 
 
 def _upsample_factor(mh: int, mw: int, h: int, w: int) -> int:
-    """ultralytics' pre-upsampling factor (1, 2 or 4) that makes the letterbox padding whole pixels."""
+    """Ultralytics' pre-upsampling factor (1, 2 or 4) that makes the letterbox padding whole pixels."""
     gain = min(4 * mh / h, 4 * mw / w)
     pad = (4 * mh - max(round(h * gain), 1)) | (4 * mw - max(round(w * gain), 1))
     return 4 // math.gcd(4, pad | pad // 2)
@@ -137,7 +137,7 @@ class Segmenter:
         dets = non_max_suppression(preds, p.conf, p.iou, max_det=p.max_det, nc=m.nc)
         in_hw = tuple(x.shape[2:])
         out = []
-        for det, proto, im in zip(dets, protos, images):
+        for det, proto, im in zip(dets, protos, images, strict=True):
             orig_hw = im.shape[:2]
             boxes_in = det[:, :4].float()
             boxes = ops.scale_boxes(in_hw, boxes_in.clone(), orig_hw)

@@ -153,7 +153,7 @@ def decode_window(rle: RLE, box_xyxy: tuple[int, int, int, int]) -> np.ndarray:
     Returns:
         (y1 - y0, x1 - x0) bool.
     """
-    h, w = rle["size"]
+    h = rle["size"][0]
     x0, y0, x1, y1 = box_xyxy
     counts = string_to_counts(rle["counts"])
     ends = np.cumsum(counts)

@@ -118,7 +118,8 @@ def make_scene(
 
     Args:
         rng: the random generator; a seed gives the same scene every time.
-        height, width: image size in pixels.
+        height: image height in pixels.
+        width: image width in pixels.
         n_shapes: inclusive range of the number of shapes drawn.
         colors: names from `PALETTE` to pick from; all of them when None.
 

@@ -1,0 +1,36 @@
+# Set-up and checks. Everything installs into ./.venv from the package registry; nothing else is needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: setup test lint format bench tiny-model
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# The test command: lint, then the whole suite.
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Everything-mode time and memory against ultralytics' FastSAM predictor, in one run.
+bench: setup
+	$(PY) -m tests.bench_everything
+
+# Remake the shipped small model (about 10 minutes on 2 CPU cores).
+tiny-model: setup
+	$(PY) -m fastsam_core.train_tiny --out fastsam_core/weights/fastsam-tiny.pt

@@ -1,0 +1,81 @@
+"""Shared builders for tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastsam_core import MaskBatch
+from fastsam_core import rle as rle_utils
+
+
+def make_random_checkpoint(path: Path, seed: int = 0, imgsz: int = 320) -> Path:
+    """Save a one-class YOLOv8n-seg checkpoint with random weights that emits hundreds of masks.
+
+    Plain random initialisation makes a network whose outputs collapse to constants (tied scores,
+    empty masks); the heads are rescaled on a calibration image so that box scores spread over
+    (0, 1), boxes have sizes of tens of pixels and mask logits are decisive (std 4).
+    """
+    from ultralytics.nn.tasks import SegmentationModel
+
+    from fastsam_core.everything import letterbox
+    from fastsam_core.synthetic import make_scene
+
+    torch.manual_seed(seed)
+    net = SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False).eval()
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.Conv2d) and mod.weight.requires_grad:  # not the DFL's fixed arange
+            torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    head = net.model[-1]
+    img, _ = make_scene(np.random.default_rng(seed), 200, 300)
+    x = torch.from_numpy(letterbox([img], imgsz, 32)).permute(0, 3, 1, 2).float() / 255
+
+    def run():
+        with torch.no_grad():
+            (p, protos), _ = net(x)
+        return p[0], protos[0]
+
+    feats = {}
+    hooks = [s[-1].register_forward_hook(lambda m, i, o, k=k: feats.__setitem__(k, o)) for k, s in enumerate(head.cv2)]
+    for _ in range(3):
+        run()
+        for k, s in enumerate(head.cv2):
+            s[-1].weight.data *= 2.0 / feats[k].std()
+            s[-1].bias.data.zero_()
+    for h in hooks:
+        h.remove()
+    p, _ = run()
+    for _ in range(4):
+        sig = torch.logit(p[4].double().clamp(1e-12, 1 - 1e-12)).std().float()
+        for s in head.cv3:
+            s[-1].weight.data *= 1.5 / sig
+            s[-1].bias.data.fill_(-1.0)
+        p, protos = run()
+    logits_std = (p[5:].T @ protos.view(32, -1)).std()
+    for s in head.cv4:
+        s[-1].weight.data *= 4.0 / logits_std
+        s[-1].bias.data *= 4.0 / logits_std
+    net.names = {0: "object"}
+    net.task = "segment"
+    torch.save({"model": net, "train_args": {"task": "segment"}}, path)
+    return path
+
+
+def batch_from_masks(masks: list[np.ndarray], scores: list[float] | None = None) -> MaskBatch:
+    """A MaskBatch made directly from dense (H, W) bool masks, for prompt tests without a model."""
+    m = np.stack(masks).astype(bool)
+    rles = rle_utils.encode(m)
+    xywh = rle_utils.bbox_xywh(rles)
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
+    n = len(masks)
+    return MaskBatch(
+        image_hw=m.shape[1:],
+        boxes_xyxy=boxes,
+        scores=np.asarray(scores if scores is not None else np.linspace(0.9, 0.5, n)),
+        rles=rles,
+        areas=m.reshape(n, -1).sum(1),
+        stability=np.ones(n),
+        mask_ids=np.arange(n),
+    )
