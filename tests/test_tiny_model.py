@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
+from fastsam_core import TINY_CHECKPOINT, FastSAMModel, Segmenter
 from fastsam_core.synthetic import make_scene
 
 
