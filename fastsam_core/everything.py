@@ -101,9 +101,9 @@ def _content_crop(in_h: int, in_w: int, h: int, w: int) -> tuple[int, int, int, 
     return top, top + max(round(h * gain), 1), left, left + max(round(w * gain), 1)
 
 
-def _box_window(box: torch.Tensor, h: int, w: int) -> tuple[int, int, int, int]:
+def _box_window(box: Sequence[float], h: int, w: int) -> tuple[int, int, int, int]:
     """Integer pixels (x0, y0, x1, y1), end-exclusive, with x0 <= x < x1 iff box.x1 <= x < box.x2."""
-    x1, y1, x2, y2 = (float(v) for v in box)
+    x1, y1, x2, y2 = box
     x0, y0 = min(max(math.ceil(x1), 0), w), min(max(math.ceil(y1), 0), h)
     return x0, y0, max(min(math.ceil(x2), w), x0), max(min(math.ceil(y2), h), y0)
 
@@ -166,7 +166,9 @@ class Segmenter:
             per_mask = ih * iw
             pad = math.ceil(max(h / (bottom - top), w / (right - left))) + 1
         chunk = max(1, self.params.chunk_pixels // per_mask)
-        rles, keep, stab = [], [], []
+        # Host copies made once: reading tensor elements one by one would sync with the GPU per mask.
+        boxes_host, boxes_in_host = boxes.cpu().tolist(), boxes_in.cpu().tolist()
+        counts, stab = [], []
         for s in range(0, len(det), chunk):
             logits = (coeffs[s : s + chunk] @ proto.view(c, -1)).view(-1, mh, mw)
             if retina and f > 1:
@@ -174,36 +176,36 @@ class Segmenter:
             windows, origins = [], []
             for k in range(len(logits)):
                 i = s + k
-                x0, y0, x1, y1 = _box_window(boxes[i], h, w)
+                x0, y0, x1, y1 = _box_window(boxes_host[i], h, w)
                 if retina:
                     src = logits[k, top:bottom, left:right]
                     win = resize_window(src, _take(rows_all, y0, y1), _take(cols_all, x0, x1))
                     binary = win > 0
                     stability = _stability(win, off)
                 else:
-                    coarse, stability = self._coarse_window(logits[k], boxes_in[i], rows_in, cols_in)
+                    coarse, stability = self._coarse_window(logits[k], boxes_in_host[i], rows_in, cols_in)
                     # One model pixel spreads over about w / (right - left) original pixels when resized.
-                    x0, y0, x1, y1 = _grow(_box_window(boxes[i], h, w), pad, h, w)
+                    x0, y0, x1, y1 = _grow((x0, y0, x1, y1), pad, h, w)
                     src = coarse.float()[top:bottom, left:right]
                     binary = resize_window(src, _take(rows_all, y0, y1), _take(cols_all, x0, x1)) > 0.5
-                if binary.numel() == 0 or not bool(binary.any()):
-                    continue  # ultralytics drops detections whose mask is empty
                 windows.append(binary)
                 origins.append((y0, x0))
-                keep.append(i)
                 stab.append(stability)
-            rles.extend(rle_utils.encode_windows(windows, origins, (h, w)))
-        if not keep:
+            counts.extend(rle_utils.window_counts(windows, origins, (h, w)))
+        if not counts:
             return MaskBatch.empty((h, w))
-        idx = torch.tensor(keep, device=det.device)
-        areas = np.array([rle_utils.area(r) for r in rles], np.int64)
+        areas = np.array([c[1::2].sum() for c in counts], np.int64)
+        keep = np.flatnonzero(areas > 0)  # ultralytics drops detections whose mask is empty
+        if not keep.size:
+            return MaskBatch.empty((h, w))
+        idx = torch.from_numpy(keep).to(det.device)
         return MaskBatch(
             image_hw=(h, w),
             boxes_xyxy=boxes[idx].cpu().numpy(),
             scores=det[idx, 4].float().cpu().numpy(),
-            rles=rles,
-            areas=areas,
-            stability=torch.stack(stab).cpu().numpy(),
+            rles=[rle_utils.from_counts(counts[i], (h, w)) for i in keep],
+            areas=areas[keep],
+            stability=torch.stack(stab).cpu().numpy()[keep],
             mask_ids=np.arange(len(keep), dtype=np.int32),
         )
 

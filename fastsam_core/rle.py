@@ -77,10 +77,10 @@ def _counts_from_positions(pos: np.ndarray, n_pixels: int) -> np.ndarray:
     return np.diff(np.concatenate([[0], pos, [n_pixels]]))
 
 
-def encode_windows(
+def window_counts(
     windows: Sequence[torch.Tensor], origins_yx: Sequence[tuple[int, int]], image_hw: tuple[int, int]
-) -> list[RLE]:
-    """Encode masks given as windows of a larger image.
+) -> list[np.ndarray]:
+    """Uncompressed run lengths of masks given as windows of a larger image.
 
     Args:
         windows: N tensors (hb_i, wb_i), bool or 0/1, on any one device; pixels outside a window are 0.
@@ -88,7 +88,7 @@ def encode_windows(
         image_hw: (h, w) of the image; every window must lie inside it.
 
     Returns:
-        N RLE dicts, in order.
+        N int64 arrays of run lengths over the whole image (column-major, background first).
     """
     h, w = image_hw
     n = len(windows)
@@ -109,11 +109,19 @@ def encode_windows(
     col, row = np.divmod(local, heights[which] + 2)
     pos = (ox[which] + col) * h + oy[which] + row - 1
     bounds = np.searchsorted(which, np.arange(n + 1))
-    out = []
-    for i in range(n):
-        counts = _counts_from_positions(pos[bounds[i] : bounds[i + 1]], h * w)
-        out.append({"size": [h, w], "counts": counts_to_string(counts)})
-    return out
+    return [_counts_from_positions(pos[bounds[i] : bounds[i + 1]], h * w) for i in range(n)]
+
+
+def from_counts(counts: np.ndarray, image_hw: tuple[int, int]) -> RLE:
+    """The RLE dict of uncompressed run lengths."""
+    return {"size": [int(image_hw[0]), int(image_hw[1])], "counts": counts_to_string(counts)}
+
+
+def encode_windows(
+    windows: Sequence[torch.Tensor], origins_yx: Sequence[tuple[int, int]], image_hw: tuple[int, int]
+) -> list[RLE]:
+    """Encode masks given as windows of a larger image (arguments as in `window_counts`); N RLE dicts."""
+    return [from_counts(c, image_hw) for c in window_counts(windows, origins_yx, image_hw)]
 
 
 def encode(masks: torch.Tensor | np.ndarray) -> list[RLE]:
