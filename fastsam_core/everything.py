@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision  # noqa: F401 - ultralytics' NMS uses torchvision's kernel only when it is already imported
 
 from fastsam_core import rle as rle_utils
 from fastsam_core.batch import MaskBatch

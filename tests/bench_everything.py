@@ -45,6 +45,7 @@ def _worker(impl: str, ckpt: str, h: int, w: int, imgsz: int, repeats: int, devi
         times["n_masks"] = len(out)
     else:
         import pycocotools.mask as mask_utils
+        import torchvision  # noqa: F401 - gives ultralytics' NMS its fast torchvision path too, as in ours
         from ultralytics import FastSAM
 
         model = FastSAM(ckpt)
