@@ -38,11 +38,15 @@ def select_by_points(batch: MaskBatch, points_xy: np.ndarray, labels: np.ndarray
         The selected rows, in batch order (empty when no foreground point falls in a mask).
     """
     p, lab = _points(points_xy, labels)
+    inside = _inside(batch, p)
+    return batch[inside[:, lab == 1].any(1) & ~inside[:, lab == 0].any(1)]
+
+
+def _inside(batch: MaskBatch, p: np.ndarray) -> np.ndarray:
+    """(N, K) bool: whether mask n holds integer point k."""
     if len(batch) == 0 or len(p) == 0:
-        return batch[np.zeros(len(batch), bool)]
-    inside = np.stack([rle_utils.contains_points(r, p) for r in batch.rles])  # (N, K)
-    keep = inside[:, lab == 1].any(1) & ~inside[:, lab == 0].any(1)
-    return batch[keep]
+        return np.zeros((len(batch), len(p)), bool)
+    return np.stack([rle_utils.contains_points(r, p) for r in batch.rles])
 
 
 def merge_masks(rles: list, image_hw: tuple[int, int], minus: list | None = None, morphology: bool = True) -> dict:
@@ -74,8 +78,8 @@ def merge_by_points(
 ) -> dict:
     """FastSAM's single-mask point answer: foreground masks joined, background masks' pixels removed."""
     p, lab = _points(points_xy, labels)
-    fg = select_by_points(batch, p[lab == 1]) if (lab == 1).any() else batch[[]]
-    bg = select_by_points(batch, p[lab == 0]) if (lab == 0).any() else batch[[]]
+    inside = _inside(batch, p)
+    fg, bg = batch[inside[:, lab == 1].any(1)], batch[inside[:, lab == 0].any(1)]
     return merge_masks(fg.rles, batch.image_hw, minus=bg.rles, morphology=morphology)
 
 
