@@ -1,0 +1,419 @@
+"""The job: everything a labeling run needs to know, as one frozen, validated pydantic model.
+
+A job is loaded from YAML or JSON (`load_job`) with environment-variable overrides, or built in
+code (`Job(source=..., output=...)`). Bad configuration fails at once with `JobError`, whose message
+names each bad field (dotted path, e.g. `model.imgsz`) and how to fix it.
+
+Credentials never belong in a job: object-store access comes from the environment, a named
+profile, or instance roles, exactly as boto3 finds them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Prefix of environment variables that override job fields; `__` separates nesting levels:
+#: FASTSAM_LABEL__MODEL__IMGSZ=640 sets `model.imgsz`. Values are parsed as YAML scalars/lists.
+ENV_PREFIX = "FASTSAM_LABEL__"
+
+#: Image file extensions labelled by default (lower case, with the dot).
+DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class JobError(ValueError):
+    """A job that cannot run. The message lists every bad field with its fix."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _check_uri(value: str, what: str) -> str:
+    if value.startswith("s3://"):
+        if len(value) <= len("s3://") or value[5] == "/":
+            raise ValueError(f"{what} {value!r} has no bucket; write s3://BUCKET/PREFIX")
+        return value
+    if "://" in value and not value.startswith("file://"):
+        scheme = value.split("://", 1)[0]
+        raise ValueError(f"{what} {value!r} uses scheme {scheme}://, which is not supported; use s3:// or a local path")
+    return value
+
+
+def _check_sha(value: str | None) -> str | None:
+    if value is None:
+        return None
+    v = value.strip().lower()
+    if not _SHA256.match(v):
+        raise ValueError(f"sha256 must be 64 hex digits, but got {value!r}; compute it with `sha256sum FILE`")
+    return v
+
+
+#: A sha256 hex digest, normalised to lower case.
+Sha256 = Annotated[str | None, AfterValidator(_check_sha)]
+
+
+class SourceSpec(_Spec):
+    """Where the images are.
+
+    Attributes:
+        uri: s3://bucket/prefix or a local folder; every object under it is considered.
+        include: glob patterns on the key relative to `uri` (e.g. "cams/**/*.jpg"); empty = all.
+        extensions: lower-case extensions (with the dot) to label; matched case-insensitively.
+    """
+
+    uri: str
+    include: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, "source.uri")
+
+    @field_validator("extensions")
+    @classmethod
+    def _ext(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("extensions is empty, so nothing would be labelled; list at least one, e.g. ['.jpg']")
+        return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in v)
+
+    def wants(self, rel_key: str) -> bool:
+        """Whether an object (key relative to `uri`) is to be labelled."""
+        if not rel_key.lower().endswith(self.extensions):
+            return False
+        return not self.include or any(fnmatch.fnmatchcase(rel_key, pat) for pat in self.include)
+
+
+class ModelSpec(_Spec):
+    """The FastSAM checkpoint and everything-mode parameters.
+
+    Attributes:
+        checkpoint: path or s3:// URI of a FastSAM/YOLOv8-seg checkpoint (.pt); None = the shipped
+            small model (offline demo and tests only: it knows synthetic shapes, not the world).
+        sha256: pinned hash of `checkpoint`; required unless it is a known checkpoint or
+            `allow_unpinned`.
+        allow_unpinned: load a checkpoint without a pinned hash (it is a pickle: trusted files only).
+        imgsz: model input size in pixels, a multiple of 32; None = the checkpoint's own (1024 for FastSAM).
+        conf: minimum box score in [0, 1].
+        iou: NMS IoU threshold in [0, 1].
+        max_det: most masks per image, >= 1.
+        retina: masks at the original resolution (True, FastSAM's retina_masks) or upsampled model masks.
+        device: "cpu", "cuda", "cuda:1"; None = CUDA when present.
+        half: float16 inference; None = on CUDA only.
+    """
+
+    checkpoint: str | None = None
+    sha256: Sha256 = None
+    allow_unpinned: bool = False
+    imgsz: int | None = Field(None, ge=32, le=4096)
+    conf: float = Field(0.4, ge=0, le=1)
+    iou: float = Field(0.9, ge=0, le=1)
+    max_det: int = Field(300, ge=1, le=10000)
+    retina: bool = True
+    device: str | None = None
+    half: bool | None = None
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _ckpt(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, "model.checkpoint")
+
+    @field_validator("imgsz")
+    @classmethod
+    def _imgsz(cls, v: int | None) -> int | None:
+        if v is not None and v % 32:
+            fix = max(round(v / 32), 1) * 32
+            raise ValueError(f"imgsz must be a multiple of 32 (the model's stride), but got {v}; try {fix}")
+        return v
+
+
+class ClipSpec(_Spec):
+    """The model that scores masks against text prompts.
+
+    Attributes:
+        arch: an open_clip architecture ("ViT-B-32", ...), or "color-words": a deterministic offline
+            stand-in that only understands colour words (tests and the demo).
+        weights: path or s3:// URI of the open_clip weights; required for real architectures.
+        sha256: pinned hash of `weights`; required unless `allow_unpinned`.
+        allow_unpinned: load weights without a pinned hash.
+        min_area: masks of this many pixels or fewer are not scored (their scores are null).
+        batch_size: crops per CLIP forward pass (bounds memory).
+    """
+
+    arch: str = "ViT-B-32"
+    weights: str | None = None
+    sha256: Sha256 = None
+    allow_unpinned: bool = False
+    min_area: int = Field(100, ge=0)
+    batch_size: int = Field(64, ge=1, le=4096)
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, "clip.weights")
+
+
+class SelectionSpec(_Spec):
+    """How text prompts turn into labels.
+
+    Attributes:
+        mode: "instances": every mask gets its best prompt when that prompt's probability is at least
+            `threshold` and it beats every negative prompt; "best": FastSAM's text mode, one mask per
+            prompt (the most similar); "none": scores only, no labels.
+        threshold: minimum probability (softmax over all prompts) for "instances", in [0, 1].
+    """
+
+    mode: Literal["instances", "best", "none"] = "instances"
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class ComputeSpec(_Spec):
+    """How the work is cut and where it runs.
+
+    Attributes:
+        shard_size: source objects per shard (the unit of retry and resume), >= 1.
+        num_actors: Labeler actors (each holds the models once), >= 1.
+        gpus_per_actor: GPUs per actor; fractions share a GPU (0.5 = two actors per GPU); 0 = CPU.
+        cpus_per_actor: CPUs reserved per actor (> 0).
+        batch_size: images per model forward pass, >= 1.
+        read_threads: threads reading and decoding ahead of the model, per actor.
+        prefetch: most decoded images waiting for the model, per actor (bounds memory).
+        ray_address: an existing cluster ("ray://host:10001", "host:6379", "auto"); None = start a local one.
+        max_shard_attempts: tries per shard when actors die, >= 1.
+    """
+
+    shard_size: int = Field(256, ge=1, le=1_000_000)
+    num_actors: int = Field(1, ge=1, le=10_000)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1, le=1024)
+    read_threads: int = Field(4, ge=1, le=256)
+    prefetch: int = Field(8, ge=1, le=4096)
+    ray_address: str | None = None
+    max_shard_attempts: int = Field(3, ge=1, le=100)
+
+
+class LimitsSpec(_Spec):
+    """Guards against huge objects and decompression bombs. Objects over a limit become `too_large` rows.
+
+    Attributes:
+        max_bytes: largest object read, in bytes.
+        max_pixels: largest image decoded, width x height after reading the header.
+    """
+
+    max_bytes: int = Field(256 * 2**20, ge=1)
+    max_pixels: int = Field(100_000_000, ge=1)
+
+
+class StorageSpec(_Spec):
+    """How to reach S3 (or an S3-compatible store). No credentials here: boto3 finds them.
+
+    Attributes:
+        endpoint_url: e.g. "http://127.0.0.1:9000" for MinIO; None = AWS.
+        region: AWS region; None = boto3's default chain.
+        profile: a named profile from ~/.aws/config; None = the default chain.
+        retry_mode: botocore retry mode, "standard" or "adaptive" (client-side rate limiting).
+        max_attempts: botocore attempts per request, including the first.
+        multipart_threshold: uploads at least this many bytes use multipart upload.
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int = Field(8, ge=1, le=50)
+    multipart_threshold: int = Field(64 * 2**20, ge=5 * 2**20)
+
+
+class Job(_Spec):
+    """One labeling job.
+
+    Attributes:
+        source: where the images are (see `SourceSpec`).
+        output: s3://bucket/prefix or a local folder; run outputs go under `{output}/runs/{run_id}/`.
+        prompts: text prompts, in order; CLIP score columns follow this order. Empty = no CLIP.
+        negative_prompts: prompts that veto a label when they match better ("background", "shadow").
+        prompt_table: optional sidecar table (.parquet or .jsonl, path or s3:// URI) of per-image
+            point and box prompts; see `workers.sidecar`.
+        model, clip, selection, compute, limits, storage: see their classes.
+    """
+
+    source: SourceSpec
+    output: str
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    prompt_table: str | None = None
+    model: ModelSpec = ModelSpec()
+    clip: ClipSpec = ClipSpec()
+    selection: SelectionSpec = SelectionSpec()
+    compute: ComputeSpec = ComputeSpec()
+    limits: LimitsSpec = LimitsSpec()
+    storage: StorageSpec = StorageSpec()
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        return _check_uri(v, "output")
+
+    @field_validator("prompt_table")
+    @classmethod
+    def _table(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        _check_uri(v, "prompt_table")
+        if not v.lower().endswith((".parquet", ".jsonl")):
+            raise ValueError(f"prompt_table {v!r} must be a .parquet or .jsonl file")
+        return v
+
+    @field_validator("prompts", "negative_prompts")
+    @classmethod
+    def _prompts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(p.strip() for p in v)
+        if any(not p for p in cleaned):
+            raise ValueError("prompts must not be empty strings")
+        dup = sorted({p for p in cleaned if cleaned.count(p) > 1})
+        if dup:
+            raise ValueError(f"prompts must be distinct, but {dup} repeat; remove the duplicates")
+        return cleaned
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Job:
+        if self.negative_prompts and not self.prompts:
+            raise ValueError("negative_prompts are given without prompts; add prompts or remove negative_prompts")
+        overlap = set(self.prompts) & set(self.negative_prompts)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)} are both prompts and negative_prompts; keep each in one list")
+        if self.prompts and self.clip.arch != "color-words" and self.clip.weights is None:
+            raise ValueError(
+                f"clip.weights is required to score prompts with {self.clip.arch}: give a path or s3:// URI and "
+                "clip.sha256, or set clip.arch to color-words (the offline stand-in)"
+            )
+        if (
+            self.model.checkpoint
+            and self.model.checkpoint.startswith("s3://")
+            and not (self.model.sha256 or self.model.allow_unpinned)
+        ):
+            raise ValueError("model.sha256 is required for an s3:// checkpoint (it is fetched, then unpickled)")
+        if _norm(self.source.uri) == _norm(self.output):
+            raise ValueError("output must differ from source.uri, or the outputs would be listed as inputs")
+        return self
+
+    @property
+    def all_prompts(self) -> tuple[str, ...]:
+        """Positive prompts then negatives: the column order of the CLIP score lists."""
+        return self.prompts + self.negative_prompts
+
+
+def _norm(uri: str) -> str:
+    if uri.startswith("s3://"):
+        return uri.rstrip("/")
+    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id is used in object keys: 1-128 of [A-Za-z0-9._-], starting with a letter or digit."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+        raise JobError(
+            f"run id {run_id!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (it becomes part of object keys)"
+        )
+    return run_id
+
+
+def _set_path(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
+    """Job fields set by FASTSAM_LABEL__A__B=value variables, as a nested dict."""
+    environ = os.environ if environ is None else environ
+    out: dict = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if path:
+            _set_path(out, path, yaml.safe_load(raw) if raw.strip() else None)
+    return out
+
+
+def _merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _describe(err: dict) -> str:
+    where = ".".join(str(p) for p in err["loc"]) or "job"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field; check the spelling (credentials never go in the job: use the environment or a profile)"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    got = err.get("input")
+    # Our own checks (value_error) already quote the value; pydantic's built-in ones do not.
+    if err["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, dict | list):
+        msg += f" (got {got!r})"
+    return f"  {where}: {msg}"
+
+
+def parse_job(data: Mapping, environ: Mapping[str, str] | None = None, origin: str = "job") -> Job:
+    """Validate a job from a mapping, environment overrides applied on top.
+
+    Raises:
+        JobError: listing every bad field by dotted path, with the fix.
+    """
+    merged = _merge(dict(data), env_overrides(environ))
+    try:
+        return Job.model_validate(merged)
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors(include_url=False)]
+        raise JobError(f"{origin} is not valid ({len(lines)} problem(s)):\n" + "\n".join(lines)) from None
+
+
+def load_job(path: str | Path | None = None, environ: Mapping[str, str] | None = None, **fields: Any) -> Job:
+    """Load a job from a YAML/JSON file (optional), then `fields`, then environment overrides.
+
+    Args:
+        path: a .yaml/.yml/.json file; None = start from `fields` only.
+        environ: environment to read overrides from (default: os.environ).
+        **fields: top-level fields set in code (e.g. from command-line flags); nested dicts merge.
+    """
+    data: dict = {}
+    origin = "job"
+    if path is not None:
+        p = Path(path)
+        origin = f"job file {p}"
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise JobError(f"cannot read {origin}: {e.strerror}; check the path") from None
+        try:
+            data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise JobError(f"{origin} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise JobError(f"{origin} must hold a mapping of fields, but holds a {type(data).__name__}")
+    return parse_job(_merge(data, {k: v for k, v in fields.items() if v is not None}), environ, origin)

@@ -1,0 +1,124 @@
+"""Image bytes to an RGB uint8 array, or a classified failure.
+
+Formats: JPEG (and MPO), PNG, WebP, BMP, TIFF, GIF; the first frame or page of multi-frame files.
+EXIF orientation is applied, so pixel coordinates match what viewers show. Grayscale, 1-bit,
+palette, CMYK, YCbCr and 16-bit images become RGB uint8 (16-bit keeps the high byte); images with
+transparency are composited over white, as viewers show them. The pixel limit is checked on the
+header, before any pixel is decoded, so decompression bombs cost nothing.
+
+Failures raise `ImageError` with a `kind`:
+    unsupported   not an image, or a format we do not read
+    decode_error  a supported format that fails to decode (empty, truncated, corrupt)
+    too_large     over the byte or pixel limit
+(read_error, for objects that cannot be fetched, is raised by the reader, not here.)
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+#: PIL format names we label.
+SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF"})
+
+
+class ImageError(Exception):
+    """An object that could not become an image. `kind` is one of the module's failure kinds."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image.
+
+    Attributes:
+        rgb: (H, W, 3) uint8, C-contiguous, after EXIF orientation.
+        frames: frames or pages in the file (only the first is decoded).
+        format: PIL's format name ("JPEG", "PNG", ...).
+    """
+
+    rgb: np.ndarray
+    frames: int
+    format: str
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im)
+        if mode == "F":
+            scale = 255.0 if float(np.nanmax(a, initial=0)) <= 1.0 else 1.0
+            g = np.nan_to_num(a * scale).clip(0, 255).astype(np.uint8)
+        else:  # 16-bit samples (I;16*, or I holding 16-bit data): keep the high byte
+            g = (a.astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+    if has_alpha:
+        a = np.asarray(im.convert("RGBA"), dtype=np.uint16)
+        rgb, alpha = a[..., :3], a[..., 3:]
+        # Over white: (c * a + 255 * (255 - a)) / 255, rounded.
+        return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> DecodedImage:
+    """Decode one image.
+
+    Args:
+        data: the object's bytes.
+        name: the object's URI or key, used in error messages.
+        max_pixels: refuse images with more than this many pixels (width x height).
+
+    Raises:
+        ImageError: with kind unsupported, decode_error or too_large and a message naming `name`.
+    """
+    if not data:
+        raise ImageError("decode_error", f"{name} is empty (0 bytes); re-upload the file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_large", f"{name}: {e}") from None
+    except Image.UnidentifiedImageError:
+        head = data[:16]
+        raise ImageError(
+            "unsupported",
+            f"{name} is not an image in a supported format (starts with {head!r}); "
+            "supported: JPEG, PNG, WebP, BMP, TIFF, GIF",
+        ) from None
+    except Exception as e:  # PIL raises many types for broken headers (even ImportError for plugins)
+        raise ImageError("decode_error", f"{name}: cannot read the image header: {type(e).__name__}: {e}") from None
+    with im:
+        fmt = im.format or "?"
+        if fmt not in SUPPORTED_FORMATS:
+            raise ImageError(
+                "unsupported",
+                f"{name} is a {fmt} image, which is not supported; convert it to JPEG, PNG, WebP, BMP, TIFF or GIF",
+            )
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ImageError(
+                "too_large",
+                f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (limits.max_pixels); "
+                "raise the limit if the image is genuine",
+            )
+        if w == 0 or h == 0:
+            raise ImageError("decode_error", f"{name} has no pixels ({w}x{h})")
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im.load()
+                oriented = ImageOps.exif_transpose(im)
+                rgb = _to_rgb(oriented)
+        except Exception as e:  # truncated data, corrupt chunks, bad EXIF, ...
+            raise ImageError("decode_error", f"{name}: {fmt} data does not decode: {type(e).__name__}: {e}") from None
+    return DecodedImage(rgb=rgb, frames=frames, format=fmt)
