@@ -15,14 +15,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _load_rgb(path: Path) -> np.ndarray:
-    """An image file as (H, W, 3) RGB uint8, EXIF orientation applied."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-
-
 def _segment(args: argparse.Namespace) -> int:
     from fastsam_core import (
         TINY_CHECKPOINT,
@@ -34,6 +26,7 @@ def _segment(args: argparse.Namespace) -> int:
         label_instances,
         score_masks,
     )
+    from workers.decode import ImageError, decode_image
 
     model = FastSAMModel.load(args.model or TINY_CHECKPOINT, sha256=args.sha256, allow_unpinned=args.allow_unpinned)
     params = EverythingParams(
@@ -51,13 +44,10 @@ def _segment(args: argparse.Namespace) -> int:
     try:
         for path in args.images:
             try:
-                img = _load_rgb(path)
-            except Exception as e:  # PIL raises many types for bad files (even ImportError for optional plugins)
+                img = decode_image(path.read_bytes(), str(path), args.max_pixels).rgb
+            except (OSError, ImageError) as e:
                 failures += 1
-                print(
-                    f"error: cannot read image {path}: {type(e).__name__}: {e}; check that it is a valid image file",
-                    file=sys.stderr,
-                )
+                print(f"error: {getattr(e, 'kind', 'read_error')}: {e}", file=sys.stderr)
                 continue
             batch = segment([img])[0]
             labels = None
@@ -108,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--clip-weights", type=Path, help="open_clip weights file for --clip-arch")
     s.add_argument("--clip-sha256", help="pinned sha256 of --clip-weights")
+    s.add_argument("--max-pixels", type=int, default=100_000_000, help="largest image decoded (default 100M)")
     s.add_argument("--out", type=Path, help="output JSON-lines file (default: standard output)")
     s.set_defaults(func=_segment)
     return p

@@ -33,7 +33,7 @@ def test_segment_reports_bad_input_by_name(tmp_path, capsys):
     bad.write_bytes(b"")
     assert main(["segment", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 1
     err = capsys.readouterr().err
-    assert "cannot read image" in err and "broken.jpg" in err
+    assert "decode_error" in err and "broken.jpg" in err and "empty" in err
 
 
 def test_bad_settings_exit_2_with_the_reason(tmp_path, capsys):

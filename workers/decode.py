@@ -16,6 +16,7 @@ Failures raise `ImageError` with a `kind`:
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +25,17 @@ from PIL import Image, ImageOps
 
 #: PIL format names we label.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF"})
+
+
+def _pil_open():
+    """PIL's own `Image.open`.
+
+    Importing ultralytics replaces `PIL.Image.open` with a wrapper that, on the first file PIL cannot
+    identify, tries to pip-install pi-heif; a text file named .jpg must be an `unsupported` row, not
+    an install attempt.
+    """
+    patched = sys.modules.get("ultralytics.utils.patches")
+    return getattr(patched, "_image_open", Image.open) if patched is not None else Image.open
 
 
 class ImageError(Exception):
@@ -84,9 +96,9 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:
-        raise ImageError("too_large", f"{name}: {e}") from None
+            im = _pil_open()(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL's own guard, at twice its default limit
+        raise ImageError("too_large", f"{name} is over the pixel limit of {max_pixels} (limits.max_pixels): {e}") from None
     except Image.UnidentifiedImageError:
         head = data[:16]
         raise ImageError(

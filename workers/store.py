@@ -111,19 +111,19 @@ class LocalStore:
         """See `ObjectStore.list`. Temporary files of unfinished writes are not listed."""
         if not self.root.is_dir():
             return
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            rel_dir = os.path.relpath(dirpath, self.root)
-            batch = []
-            for name in sorted(filenames):
-                if name.startswith(_TMP_PREFIX):
-                    continue
-                key = name if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{name}"
-                if key.startswith(prefix):
-                    batch.append(key)
-            for key in batch:
+        keys = []
+        for dirpath, _, filenames in os.walk(self.root):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if not name.startswith(_TMP_PREFIX) and key.startswith(prefix):
+                    keys.append(key)
+        for key in sorted(keys):  # code-point order = UTF-8 byte order, as S3 lists
+            try:
                 st = (self.root / key).stat()
-                yield ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+            except FileNotFoundError:  # deleted since the walk
+                continue
+            yield ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         """See `ObjectStore.get`."""
