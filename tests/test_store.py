@@ -38,7 +38,7 @@ def test_round_trip_listing_and_head(tmp_path, s3_endpoint, bucket, kind):
         assert store.head(o.key) == o
     assert [o.key for o in store.list("deep/")] == ["deep/a/b/c/d.jpg"]
     assert store.head("missing.jpg") is None
-    with pytest.raises(ObjectNotFoundError, match="missing.jpg"):
+    with pytest.raises(ObjectNotFoundError, match=r"missing\.jpg"):
         store.get("missing.jpg")
     store.delete("plain.jpg")
     store.delete("plain.jpg")  # deleting twice is not an error

@@ -1,0 +1,110 @@
+import json
+from contextlib import nullcontext as does_not_raise
+
+import pytest
+import yaml
+
+from schemas import Job, JobError, check_run_id, load_job, parse_job
+
+BASE = {"source": {"uri": "s3://bucket/images"}, "output": "s3://bucket/labels"}
+
+
+def test_defaults_and_frozen():
+    job = parse_job(BASE, environ={})
+    assert job.model.conf == 0.4 and job.model.iou == 0.9 and job.model.retina
+    assert job.compute.shard_size == 256 and job.prompts == ()
+    with pytest.raises(Exception, match="frozen"):
+        job.output = "s3://other/x"
+
+
+@pytest.mark.parametrize(
+    "patch, expectation",
+    [
+        ({}, does_not_raise()),
+        ({"model": {"imgsz": 100}}, pytest.raises(JobError, match=r"model\.imgsz: .*multiple of 32.*try 96")),
+        ({"model": {"conf": 1.5}}, pytest.raises(JobError, match=r"model\.conf: .*less than or equal to 1.*1\.5")),
+        ({"model": {"sha256": "abc"}}, pytest.raises(JobError, match=r"model\.sha256: .*64 hex digits.*sha256sum")),
+        ({"source": {"uri": "gs://b/x"}}, pytest.raises(JobError, match=r"source\.uri: .*gs://.*use s3:// or a local")),
+        ({"output": "s3:///nobucket"}, pytest.raises(JobError, match=r"output: .*no bucket")),
+        ({"prompts": ["cat", "cat"]}, pytest.raises(JobError, match=r"prompts: .*\['cat'\] repeat")),
+        ({"prompts": ["cat"]}, pytest.raises(JobError, match=r"clip\.weights is required.*color-words")),
+        ({"prompts": ["cat"], "clip": {"arch": "color-words"}}, does_not_raise()),
+        ({"negative_prompts": ["x"]}, pytest.raises(JobError, match="without prompts")),
+        ({"aws_secret_access_key": "s"}, pytest.raises(JobError, match=r"aws_secret_access_key: unknown field.*never")),
+        ({"compute": {"num_actors": 0}}, pytest.raises(JobError, match=r"compute\.num_actors: .*greater than")),
+        ({"compute": {"gpus_per_actor": 0.25}}, does_not_raise()),
+        ({"source": {"uri": "s3://bucket/labels"}}, pytest.raises(JobError, match="output must differ")),
+        ({"model": {"checkpoint": "s3://m/fastsam.pt"}}, pytest.raises(JobError, match=r"model\.sha256 is required")),
+        ({"prompt_table": "s3://b/p.csv"}, pytest.raises(JobError, match=r"prompt_table: .*\.parquet or \.jsonl")),
+        ({"source": {"uri": "s3://b/i", "extensions": []}}, pytest.raises(JobError, match="nothing would be")),
+    ],
+)
+def test_validation_names_the_field_and_the_fix(patch, expectation):
+    data = {**BASE, **patch}
+    with expectation:
+        assert isinstance(parse_job(data, environ={}), Job)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(JobError) as e:
+        parse_job({**BASE, "model": {"imgsz": 33, "iou": -1}, "compute": {"batch_size": 0}}, environ={})
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and "model.imgsz" in msg and "model.iou" in msg and "compute.batch_size" in msg
+
+
+def test_environment_overrides_nested_fields():
+    env = {
+        "FASTSAM_LABEL__MODEL__IMGSZ": "640",
+        "FASTSAM_LABEL__COMPUTE__RAY_ADDRESS": "auto",
+        "FASTSAM_LABEL__PROMPTS": "[red circle, blue square]",
+        "FASTSAM_LABEL__CLIP__ARCH": "color-words",
+        "UNRELATED": "1",
+    }
+    job = parse_job({**BASE, "model": {"imgsz": 1024, "conf": 0.3}}, environ=env)
+    assert job.model.imgsz == 640 and job.model.conf == 0.3  # override merges, keeps siblings
+    assert job.compute.ray_address == "auto" and job.prompts == ("red circle", "blue square")
+
+
+def test_bad_environment_override_is_named():
+    with pytest.raises(JobError, match=r"model\.imgsz"):
+        parse_job(BASE, environ={"FASTSAM_LABEL__MODEL__IMGSZ": "big"})
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_load_job_from_file_then_fields_then_env(tmp_path, suffix):
+    path = tmp_path / f"job{suffix}"
+    data = {**BASE, "compute": {"shard_size": 10}}
+    path.write_text(json.dumps(data) if suffix == ".json" else yaml.safe_dump(data))
+    job = load_job(path, environ={"FASTSAM_LABEL__COMPUTE__NUM_ACTORS": "3"}, compute={"batch_size": 2})
+    assert (job.compute.shard_size, job.compute.batch_size, job.compute.num_actors) == (10, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "text, match", [("[1, 2]", "must hold a mapping"), ("a: [", "not valid YAML"), ("source: {uri: x}", "output")]
+)
+def test_load_job_file_errors(tmp_path, text, match):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(JobError, match=match):
+        load_job(path, environ={})
+
+
+def test_missing_job_file_is_named(tmp_path):
+    with pytest.raises(JobError, match=r"nope\.yaml.*check the path"):
+        load_job(tmp_path / "nope.yaml", environ={})
+
+
+def test_source_filter():
+    job = parse_job({**BASE, "source": {"uri": "s3://b/i", "include": ["cams/**"], "extensions": ["JPG", ".png"]}}, {})
+    assert job.source.extensions == (".jpg", ".png")
+    assert job.source.wants("cams/a/x.JPG") and job.source.wants("cams/y.png")
+    assert not job.source.wants("other/x.jpg") and not job.source.wants("cams/x.gif")
+
+
+@pytest.mark.parametrize("run_id, ok", [("2026-11-21T03.00", True), ("a", True), ("../x", False), ("", False)])
+def test_run_id(run_id, ok):
+    if ok:
+        assert check_run_id(run_id) == run_id
+    else:
+        with pytest.raises(JobError, match="letters, digits"):
+            check_run_id(run_id)
