@@ -22,9 +22,12 @@ def s3_endpoint():
     The credentials are set for the whole session (before any Ray cluster starts, so its workers
     inherit them) and restored afterwards.
     """
+    import logging
     import os
 
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
 
     fake = {
         "AWS_ACCESS_KEY_ID": "testing",

@@ -98,7 +98,8 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> DecodedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = _pil_open()(io.BytesIO(data))
     except Image.DecompressionBombError as e:  # PIL's own guard, at twice its default limit
-        raise ImageError("too_large", f"{name} is over the pixel limit of {max_pixels} (limits.max_pixels): {e}") from None
+        limit = f"over the pixel limit of {max_pixels} (limits.max_pixels)"
+        raise ImageError("too_large", f"{name} is {limit}: {e}") from None
     except Image.UnidentifiedImageError:
         head = data[:16]
         raise ImageError(

@@ -72,6 +72,42 @@ def read_ahead(pool: Executor, fn: Callable[[T], R], items: Iterable[T], depth: 
         yield fut.result()
 
 
+class ShapeBatcher:
+    """Groups items into model batches of images of one shape.
+
+    Ultralytics letterboxes a batch of one shape to the smallest stride-multiple rectangle, but a
+    batch of mixed shapes to a square, so an image's masks would depend on its batch neighbours.
+    Batching only equal shapes makes every image's output equal to labelling it alone.
+    """
+
+    def __init__(self, batch_size: int, max_waiting: int):
+        """Args: batch_size: items per batch; max_waiting: most items held back in partial batches."""
+        self.batch_size = batch_size
+        self.max_waiting = max(max_waiting, 1)
+        self._groups: dict[tuple, list] = {}
+        self._waiting = 0
+
+    def add(self, item: T, shape: tuple) -> list[list[T]]:
+        """Add an item; returns the batches that are ready (full, or the largest when too many wait)."""
+        group = self._groups.setdefault(tuple(shape), [])
+        group.append(item)
+        self._waiting += 1
+        if len(group) >= self.batch_size:
+            return [self._pop(tuple(shape))]
+        if self._waiting > self.max_waiting:
+            return [self._pop(max(self._groups, key=lambda k: len(self._groups[k])))]
+        return []
+
+    def flush(self) -> list[list[T]]:
+        """Every partial batch still waiting."""
+        return [self._pop(k) for k in list(self._groups)]
+
+    def _pop(self, key: tuple) -> list:
+        group = self._groups.pop(key)
+        self._waiting -= len(group)
+        return group
+
+
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
 
@@ -184,17 +220,15 @@ class Labeler:
         """Read, decode and label source objects; one result per object, in order, failures included."""
         c = self.job.compute
         results: list[rows.ImageResult] = []
-        pending: list[tuple[rows.ImageResult, np.ndarray]] = []
+        batcher = ShapeBatcher(c.batch_size, max_waiting=c.prefetch)
         with ThreadPoolExecutor(c.read_threads, thread_name_prefix="fastsam-read") as pool:
             for res, rgb in read_ahead(pool, self._load, objects, c.prefetch):
                 results.append(res)
                 if rgb is not None:
-                    pending.append((res, rgb))
-                if len(pending) >= c.batch_size:
-                    self._label_batch(pending)
-                    pending = []
-            if pending:
-                self._label_batch(pending)
+                    for batch in batcher.add((res, rgb), rgb.shape):
+                        self._label_batch(batch)
+            for batch in batcher.flush():
+                self._label_batch(batch)
         return results
 
     def _load(self, obj: ObjectInfo) -> tuple[rows.ImageResult, np.ndarray | None]:
@@ -331,9 +365,13 @@ class Labeler:
                 loaded.append(self._decode(res, data))
             else:
                 loaded.append((res, _as_rgb(batch["image"][i], res)))
-        pending = [(r, rgb) for r, rgb in loaded if rgb is not None]
-        for s in range(0, len(pending), self.job.compute.batch_size):
-            self._label_batch(pending[s : s + self.job.compute.batch_size])
+        batcher = ShapeBatcher(self.job.compute.batch_size, max_waiting=n)
+        for item in loaded:
+            if item[1] is not None:
+                for ready in batcher.add(item, item[1].shape):
+                    self._label_batch(ready)
+        for ready in batcher.flush():
+            self._label_batch(ready)
         results = [r for r, _ in loaded]
         return rows.nested_table(results, "ray-data", self.model.sha256, self.clip_name, self.job.all_prompts)
 
