@@ -12,6 +12,7 @@ written under keys fixed by (run id, shard id), and the completion marker last.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
@@ -144,6 +145,10 @@ class Labeler:
             imgsz=m.imgsz or self.model.default_imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det, retina=m.retina
         )
         self.segmenter = Segmenter(self.model, params)
+        if self.model.device.type == "cpu":
+            # Float sums depend on how work is split over threads; a fixed count per job makes the
+            # scores equal bit for bit in every actor and in a direct call.
+            torch.set_num_threads(max(1, math.ceil(job.compute.cpus_per_actor)))
         self.embedder = self._embedder() if job.prompts else None
         self.clip_name = None if self.embedder is None else self.embedder.name
         self.image_prompts: dict[str, list[ImagePrompt]] = {}

@@ -1,0 +1,65 @@
+"""Helpers for the Ray tests: a source bucket of synthetic scenes, planning, and reading tables back."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from fastsam_core.synthetic import make_scene
+from schemas import Job, parse_job
+from workers.shards import cut, list_source, write_shard_list
+from workers.store import open_store
+
+TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
+
+
+def upload_scenes(endpoint: str, bucket: str, n: int, prefix: str = "src") -> list[str]:
+    """n synthetic JPEG scenes (two sizes) under s3://bucket/prefix/; their keys."""
+    client = boto3.client("s3", endpoint_url=endpoint)
+    keys = []
+    for i in range(n):
+        h, w = (160, 192) if i % 2 else (200, 160)
+        img, _ = make_scene(np.random.default_rng(100 + i), h, w, n_shapes=(3, 5))
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG", quality=92)
+        key = f"{prefix}/cam {i % 3}/frame-{i:03d}.jpg"
+        client.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+        keys.append(key)
+    return keys
+
+
+def make_job(endpoint: str, bucket: str, out: str, **compute) -> Job:
+    """A job over s3://bucket/src with the small model and colour-word prompts."""
+    return parse_job(
+        {
+            "source": {"uri": f"s3://{bucket}/src"},
+            "output": f"s3://{bucket}/{out}",
+            "prompts": ["red", "blue"],
+            "clip": {"arch": "color-words"},
+            "compute": {"batch_size": 2, "read_threads": 2, **compute},
+            "storage": {"endpoint_url": endpoint},
+        },
+        environ={},
+    )
+
+
+def plan(job: Job, run_id: str) -> int:
+    """Write the run's shard lists; the number of shards."""
+    source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
+    shards = cut(list_source(source, job.source), job.compute.shard_size)
+    for i, objs in enumerate(shards):
+        write_shard_list(output, run_id, i, objs)
+    return len(shards)
+
+
+def read_table(job: Job, run_id: str, name: str) -> pa.Table:
+    """All shards of one output table, in shard order, without the timing columns."""
+    store = open_store(job.output, job.storage)
+    keys = [o.key for o in store.list(f"runs/{run_id}/{name}/")]
+    table = pa.concat_tables([pq.read_table(io.BytesIO(store.get(k))) for k in keys])
+    return table.drop_columns([c for c in TIMING if c in table.column_names])
