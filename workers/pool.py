@@ -48,6 +48,12 @@ class LabelerActor:
         """Host and pid of the actor, once its models are loaded."""
         return self.labeler.worker
 
+    def node(self) -> str:
+        """The Ray node id the actor runs on."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def label_shard(self, run_id: str, shard_id: int) -> dict:
         """`Labeler.label_shard`, its summary as a dict."""
         return self.labeler.label_shard(run_id, shard_id).model_dump()
@@ -94,9 +100,10 @@ class LabelerPool:
 
         def wait() -> None:
             import ray
-            from ray.exceptions import ActorUnavailableError, GetTimeoutError
+            from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
             deadline = time.monotonic() + self.start_timeout_s
+            died = 0
             while not self._closed.is_set():
                 try:
                     worker = ray.get(actor.ready.remote(), timeout=max(deadline - time.monotonic(), 0.1))
@@ -105,6 +112,14 @@ class LabelerPool:
                         time.sleep(0.5)
                         continue
                     error = f"still restarting after {self.start_timeout_s:.0f} s"
+                except ActorDiedError as e:
+                    # A call that reached the incarnation that just died fails too, although Ray is
+                    # restarting the actor; only a failed constructor (or repeated deaths) is final.
+                    died += 1
+                    if "creation task" not in str(e) and died < 10 and time.monotonic() < deadline:
+                        time.sleep(1.0)
+                        continue
+                    error = f"ActorDiedError: {e}"
                 except GetTimeoutError:
                     error = f"not ready after {self.start_timeout_s:.0f} s (waiting for resources?)"
                 except Exception as e:  # died for good: bad weights, out of memory at load, killed
