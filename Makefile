@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint format bench tiny-model
+.PHONY: setup test lint format bench bench-labeler tiny-model
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,11 @@ format: setup
 # Everything-mode time and memory against ultralytics' FastSAM predictor, in one run.
 bench: setup
 	$(PY) -m tests.bench_everything
+
+# Labeler throughput on a loopback S3 endpoint: one reader vs read-ahead and batching, in one run.
+bench-labeler: setup
+	$(PY) -m tests.bench_labeler
+	$(PY) -m tests.bench_labeler --prompts
 
 # Remake the shipped small model (about 10 minutes on 2 CPU cores).
 tiny-model: setup

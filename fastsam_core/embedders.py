@@ -63,11 +63,14 @@ class ColorWordEmbedder:
     def embed_images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """See `Embedder.embed_images`."""
         out = np.zeros((len(crops), len(self._colors)), np.float32)
+        cc = (self._colors.astype(np.float64) ** 2).sum(1)
         for i, c in enumerate(crops):
-            px = c.reshape(-1, 3).astype(np.float32)
-            d = np.linalg.norm(px[:, None, :] - self._colors[None], axis=2)
-            near = d.min(1) <= self.radius
-            out[i] = np.bincount(d.argmin(1)[near], minlength=len(self._colors))
+            px = c.reshape(-1, 3).astype(np.float64)
+            # Squared distances as |p|^2 - 2 p.c + |c|^2: one (N, 3) x (3, K) product instead of an (N, K, 3) array.
+            d2 = (px * px).sum(1)[:, None] - 2 * (px @ self._colors.T.astype(np.float64)) + cc[None]
+            best = d2.argmin(1)
+            near = d2[np.arange(len(px)), best] <= self.radius**2
+            out[i] = np.bincount(best[near], minlength=len(self._colors))
         return _unit(out)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
