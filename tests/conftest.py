@@ -60,3 +60,15 @@ def bucket(s3_endpoint, request):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket=name)
     return name
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that connect to an external Ray cluster before any test starts a local one.
+
+    In Ray 2.60, a process that started a local cluster with `ray.init()` and shut it down cannot
+    create actors after `ray.init(address=...)` to another cluster: they die at once, "all
+    references to the actor were removed" (reproduced with a two-line actor). Connecting first and
+    starting a local cluster afterwards works, so the order is fixed here, whatever order the test
+    files are named in on the command line.
+    """
+    items.sort(key=lambda item: "two_nodes" not in getattr(item, "fixturenames", ()))

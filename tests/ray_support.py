@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
+import threading
+from collections.abc import Iterator
 
 import boto3
 import numpy as np
@@ -63,3 +67,37 @@ def read_table(job: Job, run_id: str, name: str) -> pa.Table:
     keys = [o.key for o in store.list(f"runs/{run_id}/{name}/")]
     table = pa.concat_tables([pq.read_table(io.BytesIO(store.get(k))) for k in keys])
     return table.drop_columns([c for c in TIMING if c in table.column_names])
+
+
+class _FirstRead(logging.Handler):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if f"GET /{self.prefix}" in record.getMessage():
+            self.event.set()
+
+
+@contextlib.contextmanager
+def first_read(prefix: str) -> Iterator[threading.Event]:
+    """An event set when the loopback S3 server (moto) serves the first GET under bucket/prefix."""
+    werkzeug = logging.getLogger("werkzeug")
+    handler = _FirstRead(prefix)
+    level = werkzeug.level
+    werkzeug.addHandler(handler)
+    werkzeug.setLevel(logging.INFO)
+    try:
+        yield handler.event
+    finally:
+        werkzeug.removeHandler(handler)
+        werkzeug.setLevel(level)
+
+
+def map_in_background(pool, run_id: str, n: int) -> tuple[threading.Thread, dict]:
+    """Start `pool.map(run_id, range(n))` in a thread; the thread and the dict its results fill."""
+    results: dict = {}
+    thread = threading.Thread(target=lambda: results.update(pool.map(run_id, range(n))))
+    thread.start()
+    return thread, results

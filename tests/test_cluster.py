@@ -1,21 +1,19 @@
 """A real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`); one node dies."""
 
 import contextlib
-import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.ray_support import make_job, plan, read_table, upload_scenes
+from tests.ray_support import first_read, make_job, map_in_background, plan, read_table, upload_scenes
 from workers.pool import LabelerPool
 
 ray = pytest.importorskip("ray")
@@ -110,34 +108,18 @@ def test_a_node_killed_mid_run_loses_and_duplicates_nothing(s3_endpoint, two_nod
     job = make_job(s3_endpoint, bucket, "out", shard_size=2, num_actors=2, cpus_per_actor=2, ray_address=address)
     n = plan(job, "node-kill")
     assert n == 12
-    first_read = threading.Event()
-
-    class Watch(logging.Handler):
-        def emit(self, record):
-            if f"GET /{bucket}/src/" in record.getMessage():
-                first_read.set()
-
-    werkzeug = logging.getLogger("werkzeug")
-    watch = Watch()
     with LabelerPool(job) as pool:
         assert len(ray.nodes()) == 2
         ray.get([a.ready.remote() for a in pool._actors])
         assert len(set(ray.get([a.node.remote() for a in pool._actors]))) == 2  # one actor per node
-        werkzeug.addHandler(watch)
-        werkzeug.setLevel(logging.INFO)
-        try:
-            results = {}
-            thread = threading.Thread(target=lambda: results.update(pool.map("node-kill", range(n))))
-            thread.start()
-            assert first_read.wait(timeout=120)
+        with first_read(f"{bucket}/src/") as reading:
+            thread, results = map_in_background(pool, "node-kill", n)
+            assert reading.wait(timeout=120)
             raylet = _processes(f"--node_manager_port={worker_port}")
             assert len(raylet) == 1
             _kill_tree(raylet)  # the worker node dies with its actor mid-shard
             thread.join(timeout=600)
             assert not thread.is_alive()
-        finally:
-            werkzeug.removeHandler(watch)
-            werkzeug.setLevel(logging.WARNING)
         # The lost actor was restarted on the surviving node and is ready for work again.
         head = ray.get_runtime_context().get_node_id()
         assert _nodes_when_ready(pool._actors) == [head, head]

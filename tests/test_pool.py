@@ -1,11 +1,8 @@
 """The Ray actor pool on a local cluster: 2 actors, same tables as one Labeler, actors killed mid-run."""
 
-import logging
-import threading
-
 import pytest
 
-from tests.ray_support import make_job, plan, read_table, upload_scenes
+from tests.ray_support import first_read, make_job, map_in_background, plan, read_table, upload_scenes
 from workers.labeler import Labeler
 from workers.pool import LabelerPool, ShardError
 
@@ -64,40 +61,18 @@ def test_two_actors_write_the_same_tables_as_one_labeler(s3_endpoint, source, ke
     assert sorted(r["key"] for r in images) == sorted(k.removeprefix("src/") for k in keys)
 
 
-class _FirstImageRead(logging.Handler):
-    """Sets `event` when the loopback S3 server serves the first image of `prefix`."""
-
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-        self.event = threading.Event()
-
-    def emit(self, record):
-        if f"GET /{self.prefix}" in record.getMessage():
-            self.event.set()
-
-
 def test_a_killed_actor_loses_no_shard(s3_endpoint, source):
     bucket, keys = source
     job = make_job(s3_endpoint, bucket, "killed", shard_size=12, num_actors=2, cpus_per_actor=1)
     n = plan(job, "k")
-    werkzeug = logging.getLogger("werkzeug")
-    watch = _FirstImageRead(f"{bucket}/src/")
     with LabelerPool(job) as pool:
         ray.get([a.ready.remote() for a in pool._actors])
-        werkzeug.addHandler(watch)
-        werkzeug.setLevel(logging.INFO)
-        try:
-            done = {}
-            thread = threading.Thread(target=lambda: done.update(pool.map("k", range(n))))
-            thread.start()
-            assert watch.event.wait(timeout=120)  # an actor is reading its shard's images now
+        with first_read(f"{bucket}/src/") as reading:
+            thread, done = map_in_background(pool, "k", n)
+            assert reading.wait(timeout=120)  # an actor is reading its shard's images now
             for actor in pool._actors:  # kill both mid-shard; Ray restarts them
                 ray.kill(actor, no_restart=False)
             thread.join(timeout=600)
-        finally:
-            werkzeug.removeHandler(watch)
-            werkzeug.setLevel(logging.WARNING)
     assert sorted(done) == [0, 1]
     assert all(not isinstance(v, Exception) for v in done.values()), done
     assert pool.redispatched >= 1
