@@ -40,14 +40,14 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _check_uri(value: str, what: str) -> str:
+def _check_uri(value: str) -> str:
     if value.startswith("s3://"):
         if len(value) <= len("s3://") or value[5] == "/":
-            raise ValueError(f"{what} {value!r} has no bucket; write s3://BUCKET/PREFIX")
+            raise ValueError(f"{value!r} has no bucket; write s3://BUCKET/PREFIX")
         return value
     if "://" in value and not value.startswith("file://"):
         scheme = value.split("://", 1)[0]
-        raise ValueError(f"{what} {value!r} uses scheme {scheme}://, which is not supported; use s3:// or a local path")
+        raise ValueError(f"{value!r} uses scheme {scheme}://, which is not supported; use s3:// or a local path")
     return value
 
 
@@ -62,6 +62,8 @@ def _check_sha(value: str | None) -> str | None:
 
 #: A sha256 hex digest, normalised to lower case.
 Sha256 = Annotated[str | None, AfterValidator(_check_sha)]
+#: s3://bucket/prefix, a local path, or a file:// URI.
+Uri = Annotated[str, AfterValidator(_check_uri)]
 
 
 class SourceSpec(_Spec):
@@ -73,14 +75,9 @@ class SourceSpec(_Spec):
         extensions: lower-case extensions (with the dot) to label; matched case-insensitively.
     """
 
-    uri: str
+    uri: Uri
     include: tuple[str, ...] = ()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        return _check_uri(v, "source.uri")
 
     @field_validator("extensions")
     @classmethod
@@ -114,7 +111,7 @@ class ModelSpec(_Spec):
         half: float16 inference; None = on CUDA only.
     """
 
-    checkpoint: str | None = None
+    checkpoint: Uri | None = None
     sha256: Sha256 = None
     allow_unpinned: bool = False
     imgsz: int | None = Field(None, ge=32, le=4096)
@@ -124,11 +121,6 @@ class ModelSpec(_Spec):
     retina: bool = True
     device: str | None = None
     half: bool | None = None
-
-    @field_validator("checkpoint")
-    @classmethod
-    def _ckpt(cls, v: str | None) -> str | None:
-        return None if v is None else _check_uri(v, "model.checkpoint")
 
     @field_validator("imgsz")
     @classmethod
@@ -153,16 +145,11 @@ class ClipSpec(_Spec):
     """
 
     arch: str = "ViT-B-32"
-    weights: str | None = None
+    weights: Uri | None = None
     sha256: Sha256 = None
     allow_unpinned: bool = False
     min_area: int = Field(100, ge=0)
     batch_size: int = Field(64, ge=1, le=4096)
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, v: str | None) -> str | None:
-        return None if v is None else _check_uri(v, "clip.weights")
 
 
 class SelectionSpec(_Spec):
@@ -251,10 +238,10 @@ class Job(_Spec):
     """
 
     source: SourceSpec
-    output: str
+    output: Uri
     prompts: tuple[str, ...] = ()
     negative_prompts: tuple[str, ...] = ()
-    prompt_table: str | None = None
+    prompt_table: Uri | None = None
     model: ModelSpec = ModelSpec()
     clip: ClipSpec = ClipSpec()
     selection: SelectionSpec = SelectionSpec()
@@ -262,17 +249,11 @@ class Job(_Spec):
     limits: LimitsSpec = LimitsSpec()
     storage: StorageSpec = StorageSpec()
 
-    @field_validator("output")
-    @classmethod
-    def _output(cls, v: str) -> str:
-        return _check_uri(v, "output")
-
     @field_validator("prompt_table")
     @classmethod
     def _table(cls, v: str | None) -> str | None:
         if v is None:
             return None
-        _check_uri(v, "prompt_table")
         if not v.lower().endswith((".parquet", ".jsonl")):
             raise ValueError(f"prompt_table {v!r} must be a .parquet or .jsonl file")
         return v
