@@ -1,8 +1,12 @@
 """The `fastsam-label` command line.
 
-`segment` labels local image files with fastsam_core directly (no object store, Ray or Prefect)
-and writes one JSON line per mask: COCO RLE, XYWH box, area, score, stability and, when text
-prompts are given, the similarity to each prompt and the selected label.
+    run      label a collection: the Prefect flow on a Ray pool (job file and/or flags)
+    status   a run's summary, from its manifest (or its progress, while it runs)
+    demo     the whole pipeline offline: a loopback S3 endpoint, sample images, the small model
+    segment  label local files with fastsam_core directly, one JSON line per mask
+
+Exit codes: 0 done; 1 the run failed (or some file could not be read); 2 invalid settings;
+3 nothing was labelled.
 """
 
 from __future__ import annotations
@@ -78,6 +82,119 @@ def _segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _job_fields(args: argparse.Namespace) -> dict:
+    """Job fields set by command-line flags (None = not given)."""
+    fields: dict = {}
+    if args.source:
+        fields["source"] = {"uri": args.source}
+    if args.output:
+        fields["output"] = args.output
+    if args.prompt:
+        fields["prompts"] = args.prompt
+    if args.negative:
+        fields["negative_prompts"] = args.negative
+    compute = {
+        k: v
+        for k, v in {
+            "num_actors": args.num_actors,
+            "shard_size": args.shard_size,
+            "ray_address": args.ray_address,
+        }.items()
+        if v is not None
+    }
+    if compute:
+        fields["compute"] = compute
+    if args.endpoint_url:
+        fields["storage"] = {"endpoint_url": args.endpoint_url}
+    return fields
+
+
+def _exit_code(summary: dict) -> int:
+    c = summary["counts"]
+    if summary["state"] != "done":
+        return 1
+    if c["labelled"] == 0 and not (c["objects"] == 0 and c["skipped_unchanged"] > 0):
+        return 3  # nothing labelled (an incremental run with nothing new is not an error)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from schemas.job import load_job
+
+    job = load_job(args.job, **_job_fields(args))
+    return run_job(job, args.run_id, args.incremental)[0]
+
+
+def run_job(job, run_id: str | None, incremental: bool) -> tuple[int, dict | None]:
+    """Run the flow with a progress bar and print the summary; the exit code and the summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.label import PROGRESS, RunFailedError, label_collection
+
+    progress = Progress(
+        TextColumn("labelling shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )
+    bar = progress.add_task("shards", total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(bar, completed=done, total=total)
+
+    PROGRESS.append(update)
+    try:
+        with progress:
+            summary = label_collection(job=job.model_dump(mode="json"), run_id=run_id, incremental=incremental)
+    except RunFailedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1, None
+    finally:
+        PROGRESS.remove(update)
+    print(json.dumps(summary, indent=2))
+    return _exit_code(summary), summary
+
+
+def _status(args: argparse.Namespace) -> int:
+    from schemas.job import StorageSpec, check_run_id
+    from workers import runs
+    from workers.store import open_store
+
+    output = open_store(args.output, StorageSpec(endpoint_url=args.endpoint_url))
+    run_id = check_run_id(args.run_id)
+    manifest = runs.load_manifest(output, run_id)
+    if manifest is not None:
+        print(
+            json.dumps(
+                {
+                    "run_id": run_id,
+                    "state": "committed",
+                    "counts": manifest.counts,
+                    "errors_by_kind": manifest.errors_by_kind,
+                    "stage_seconds": manifest.stage_seconds,
+                    "started_at": manifest.started_at.isoformat(),
+                    "finished_at": manifest.finished_at.isoformat(),
+                    "models": manifest.models,
+                    "code_version": manifest.code_version,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    plan = runs.load_plan(output, run_id)
+    if plan is None:
+        print(f"error: no run {run_id} under {output.uri}: check the run id and --output", file=sys.stderr)
+        return 2
+    done = runs.done_shards(output, run_id)
+    counts, errors, _ = runs.totals(list(done.values()))
+    state = {"run_id": run_id, "state": "incomplete", "shards": {"planned": plan.shards, "done": len(done)}}
+    print(json.dumps({**state, "counts": counts, "errors_by_kind": errors}, indent=2))
+    return 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(args.workdir, args.images)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="fastsam-label", description="Bulk auto-labeling with FastSAM and CLIP.")
@@ -101,7 +218,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int, default=100_000_000, help="largest image decoded (default 100M)")
     s.add_argument("--out", type=Path, help="output JSON-lines file (default: standard output)")
     s.set_defaults(func=_segment)
+
+    r = sub.add_parser("run", help="label a collection (Prefect flow, Ray actors)", description=_RUN_HELP)
+    r.add_argument("job", nargs="?", type=Path, help="job file (.yaml or .json); flags override its fields")
+    r.add_argument("--source", help="s3://bucket/prefix or a folder of images")
+    r.add_argument("--output", help="s3://bucket/prefix or a folder for the tables")
+    r.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
+    r.add_argument("--negative", action="append", default=[], help="a negative prompt; repeat for several")
+    r.add_argument("--run-id", help="reuse a run id to resume that run (default: the UTC time)")
+    r.add_argument("--incremental", action="store_true", help="only objects new or changed since earlier runs")
+    r.add_argument("--num-actors", type=int, help="Labeler actors (compute.num_actors)")
+    r.add_argument("--shard-size", type=int, help="objects per shard (compute.shard_size)")
+    r.add_argument("--ray-address", help="an existing Ray cluster (compute.ray_address); default: a local one")
+    r.add_argument("--endpoint-url", help="S3-compatible endpoint (storage.endpoint_url)")
+    r.set_defaults(func=_run)
+
+    st = sub.add_parser("status", help="a run's summary from its manifest")
+    st.add_argument("run_id", help="the run id")
+    st.add_argument("--output", required=True, help="the job's output (s3://bucket/prefix or a folder)")
+    st.add_argument("--endpoint-url", help="S3-compatible endpoint")
+    st.set_defaults(func=_status)
+
+    d = sub.add_parser("demo", help="the whole pipeline offline, on sample images")
+    d.add_argument("--workdir", type=Path, default=Path("fastsam-label-demo"), help="where the tables are written")
+    d.add_argument("--images", type=int, default=24, help="synthetic images to generate (plus two photos)")
+    d.set_defaults(func=_demo)
     return p
+
+
+_RUN_HELP = """Label every image under the job's source and write the tables under {output}/runs/{run_id}/.
+Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:  # configuration errors: name the problem, no traceback
+    except ValueError as e:  # configuration errors (JobError is one): name the problem, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
