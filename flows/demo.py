@@ -55,13 +55,10 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
     from schemas.job import parse_job
 
     workdir = Path(workdir).resolve()
-    # The loopback endpoint accepts any credentials; these never leave this machine.
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "demo",
-        "AWS_SECRET_ACCESS_KEY": "demo",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        os.environ.setdefault(k, v)
+    # The loopback endpoint accepts any credentials; use throwaway ones, never the user's own.
+    os.environ.update({"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo", "AWS_DEFAULT_REGION": "us-east-1"})
+    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        os.environ.pop(name, None)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
