@@ -15,6 +15,7 @@ copy of the same rows, whichever actor did the work.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -76,7 +77,10 @@ class LabelerPool:
         self.start_timeout_s = start_timeout_s
         self._started_ray = False
         if not ray.is_initialized():
-            ray.init(address=c.ray_address, include_dashboard=False, logging_level=logging.WARNING)
+            if c.ray_address is None and not os.environ.get("RAY_ADDRESS"):  # local, for this process: loopback
+                ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+            else:
+                ray.init(address=c.ray_address, logging_level=logging.WARNING)
             self._started_ray = True
         actor_cls = ray.remote(LabelerActor).options(
             num_cpus=c.cpus_per_actor,

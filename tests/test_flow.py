@@ -1,0 +1,175 @@
+"""The Prefect flow end to end: loopback S3, local Ray, Prefect's test harness; resume and incremental runs."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import yaml
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
+from fastsam_core.synthetic import make_scene
+from flows.cli import main
+from flows.label import label_collection
+from schemas import parse_job
+from tests.corpus import corpus
+from workers.decode import decode_image
+
+TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _jpeg(seed: int, h: int = 160, w: int = 192) -> bytes:
+    img, _ = make_scene(np.random.default_rng(seed), h, w, n_shapes=(3, 5))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _job(source: str, output: str, **extra) -> dict:
+    data = {
+        "source": {"uri": source},
+        "output": output,
+        "prompts": ["red", "blue"],
+        "clip": {"arch": "color-words"},
+        "compute": {"shard_size": 4, "num_actors": 1, "cpus_per_actor": 1, "batch_size": 2},
+    }
+    data.update(extra)
+    return parse_job(data, environ={}).model_dump(mode="json")
+
+
+def _table(root: str, name: str):
+    return ds.dataset(root + "/" + name, format="parquet").to_table()
+
+
+def test_end_to_end_on_loopback_s3(s3_endpoint, bucket, prefect_harness):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    objects = {f"scenes/{i:02d}.jpg": _jpeg(i) for i in range(10)}
+    objects.update({k: v for k, (v, _) in corpus().items() if k.startswith("bad/") and k != "bad/big.jpg"})
+    for key, data in objects.items():
+        s3.put_object(Bucket=bucket, Key=f"in/{key}", Body=data)
+    job = _job(f"s3://{bucket}/in", f"s3://{bucket}/out", storage={"endpoint_url": s3_endpoint})
+    summary = label_collection(job=job, run_id="e2e")
+    assert summary["state"] == "done" and summary["shards"]["done"] == summary["shards"]["planned"] == 4
+    assert summary["counts"]["objects"] == len(objects) and summary["counts"]["labelled"] == 10
+
+    def read(name):
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"out/runs/e2e/{name}/")["Contents"]]
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pa.concat_tables(
+            [pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=k)["Body"].read())) for k in keys]
+        )
+
+    images = read("images").to_pylist()
+    assert sorted(r["key"] for r in images) == sorted(objects)  # every source object once
+    model = FastSAMModel.load(TINY_CHECKPOINT)
+    segment = Segmenter(model, EverythingParams(imgsz=model.default_imgsz))
+    masks = read("masks").to_pylist()
+    compared = 0
+    for img in images:
+        if img["status"] != "ok":
+            continue
+        direct = segment([decode_image(objects[img["key"]], img["key"], 10**8).rgb])[0]
+        rows = sorted((m for m in masks if m["image_id"] == img["image_id"]), key=lambda m: m["mask_id"])
+        assert len(rows) == len(direct)
+        for m, rle in zip(rows, direct.rles, strict=True):
+            ours = mask_utils.decode({"size": m["rle_size"], "counts": m["rle_counts"].encode()})
+            np.testing.assert_array_equal(ours, mask_utils.decode(rle))
+            compared += 1
+    assert compared > 20
+    manifest = json.loads(s3.get_object(Bucket=bucket, Key="out/runs/e2e/manifest.json")["Body"].read())
+    assert manifest["counts"]["objects"] == len(objects) and len(manifest["shards"]) == 4
+    assert manifest["models"]["fastsam"]["sha256"] == images[0]["model_sha256"]
+    s3.head_object(Bucket=bucket, Key="out/runs/e2e/_SUCCESS")
+    # Running the same run id again labels nothing and gives the same summary counts.
+    again = label_collection(job=job, run_id="e2e")
+    assert again["counts"] == summary["counts"] and again["shards"]["done"] == 4
+
+
+def test_incremental_run_labels_only_new_and_changed(tmp_path, prefect_harness):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"{i}.jpg").write_bytes(_jpeg(i))
+    job = _job(str(src), str(tmp_path / "out"))
+    first = label_collection(job=job, run_id="day-1")
+    assert first["counts"]["objects"] == 6
+    (src / "6.jpg").write_bytes(_jpeg(6))
+    (src / "7.jpg").write_bytes(_jpeg(7))
+    time.sleep(0.01)
+    (src / "2.jpg").write_bytes(_jpeg(20))  # changed content: new size and mtime, so a new ETag
+    second = label_collection(job=job, run_id="day-2", incremental=True)
+    assert second["counts"]["objects"] == 3 and second["counts"]["skipped_unchanged"] == 5
+    keys = sorted(_table(str(tmp_path / "out/runs/day-2"), "images")["key"].to_pylist())
+    assert keys == ["2.jpg", "6.jpg", "7.jpg"]
+    third = label_collection(job=job, run_id="day-3", incremental=True)
+    assert third["counts"]["objects"] == 0 and third["counts"]["skipped_unchanged"] == 8
+
+
+def _rows(root: Path, name: str) -> list[dict]:
+    t = _table(str(root), name)
+    t = t.drop_columns([c for c in [*TIMING, "run_id"] if c in t.column_names])
+    return sorted(t.to_pylist(), key=lambda r: (r["image_id"], r.get("mask_id", -1)))
+
+
+def test_resume_after_the_flow_process_is_killed(tmp_path, prefect_harness):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(24):
+        (src / f"img-{i:02d}.jpg").write_bytes(_jpeg(100 + i, 240, 320))
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(_job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # its own ephemeral server
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(job_file), "--run-id", "killed"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = tmp_path / "out/runs/killed/done"
+    deadline = time.monotonic() + 300
+    while not (done_dir.is_dir() and len(list(done_dir.glob("*.json"))) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the flow, its Prefect server and its Ray cluster, mid-run
+    proc.wait()
+    before = {p.name: p.read_bytes() for p in done_dir.glob("*.json")}
+    assert 2 <= len(before) < 12
+    job = yaml.safe_load(job_file.read_text())
+    resumed = label_collection(job=job, run_id="killed")
+    assert resumed["shards"]["done"] == 12 and resumed["state"] == "done"
+    for name, data in before.items():  # shards finished before the kill were not labelled again
+        assert (done_dir / name).read_bytes() == data
+    label_collection(job=job, run_id="clean")
+    for name in ("images", "masks"):
+        assert _rows(tmp_path / "out/runs/killed", name) == _rows(tmp_path / "out/runs/clean", name)
+    assert len(_rows(tmp_path / "out/runs/killed", "images")) == 24
+
+
+def test_cli_exit_codes_and_status(tmp_path, prefect_harness, capsys):
+    assert main(["run", "--source", str(tmp_path / "none"), "--output", str(tmp_path / "o"), "--shard-size", "0"]) == 2
+    assert "compute.shard_size" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.jpg").write_bytes(b"")
+    assert main(["run", "--source", str(empty), "--output", str(tmp_path / "o"), "--run-id", "r0"]) == 3
+    capsys.readouterr()
+    assert main(["status", "r0", "--output", str(tmp_path / "o")]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["state"] == "committed" and status["counts"]["failed"] == 1
+    assert main(["status", "nope", "--output", str(tmp_path / "o")]) == 2
