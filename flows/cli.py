@@ -189,10 +189,37 @@ def _status(args: argparse.Namespace) -> int:
     return 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from flows.label import label_collection
+    from schemas.job import load_job
+
+    job = load_job(args.job, **_job_fields(args))  # validated now: a bad job fails before serving
+    print(f"serving deployment label-collection/{args.name} on cron {args.cron!r} (Ctrl-C to stop)")
+    label_collection.serve(
+        name=args.name,
+        cron=args.cron,
+        parameters={"job": job.model_dump(mode="json"), "incremental": not args.full},
+        limit=1,  # one run at a time: overlapping incremental runs would label the same new objects
+        pause_on_shutdown=False,
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
     return run_demo(args.workdir, args.images)
+
+
+def _add_job_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", help="s3://bucket/prefix or a folder of images (source.uri)")
+    p.add_argument("--output", help="s3://bucket/prefix or a folder for the tables (output)")
+    p.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
+    p.add_argument("--negative", action="append", default=[], help="a negative prompt; repeat for several")
+    p.add_argument("--num-actors", type=int, help="Labeler actors (compute.num_actors)")
+    p.add_argument("--shard-size", type=int, help="objects per shard (compute.shard_size)")
+    p.add_argument("--ray-address", help="an existing Ray cluster (compute.ray_address); default: a local one")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (storage.endpoint_url)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,16 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="label a collection (Prefect flow, Ray actors)", description=_RUN_HELP)
     r.add_argument("job", nargs="?", type=Path, help="job file (.yaml or .json); flags override its fields")
-    r.add_argument("--source", help="s3://bucket/prefix or a folder of images")
-    r.add_argument("--output", help="s3://bucket/prefix or a folder for the tables")
-    r.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
-    r.add_argument("--negative", action="append", default=[], help="a negative prompt; repeat for several")
     r.add_argument("--run-id", help="reuse a run id to resume that run (default: the UTC time)")
     r.add_argument("--incremental", action="store_true", help="only objects new or changed since earlier runs")
-    r.add_argument("--num-actors", type=int, help="Labeler actors (compute.num_actors)")
-    r.add_argument("--shard-size", type=int, help="objects per shard (compute.shard_size)")
-    r.add_argument("--ray-address", help="an existing Ray cluster (compute.ray_address); default: a local one")
-    r.add_argument("--endpoint-url", help="S3-compatible endpoint (storage.endpoint_url)")
+    _add_job_flags(r)
     r.set_defaults(func=_run)
 
     st = sub.add_parser("status", help="a run's summary from its manifest")
@@ -239,12 +259,26 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--endpoint-url", help="S3-compatible endpoint")
     st.set_defaults(func=_status)
 
+    sv = sub.add_parser(
+        "serve", help="serve the flow as a Prefect deployment on a cron schedule", description=_SERVE_HELP
+    )
+    sv.add_argument("job", nargs="?", type=Path, help="job file (.yaml or .json); flags override its fields")
+    sv.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: 03:00 daily)")
+    sv.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
+    sv.add_argument("--full", action="store_true", help="label everything each run (default: only new or changed)")
+    _add_job_flags(sv)
+    sv.set_defaults(func=_serve)
+
     d = sub.add_parser("demo", help="the whole pipeline offline, on sample images")
     d.add_argument("--workdir", type=Path, default=Path("fastsam-label-demo"), help="where the tables are written")
     d.add_argument("--images", type=int, default=24, help="synthetic images to generate (plus two photos)")
     d.set_defaults(func=_demo)
     return p
 
+
+_SERVE_HELP = """Serve label-collection as a Prefect deployment with a cron schedule (needs PREFECT_API_URL
+pointing at a Prefect server, or runs against a temporary local one). Scheduled runs are incremental
+unless --full: each labels only the objects that are new or changed since the earlier runs."""
 
 _RUN_HELP = """Label every image under the job's source and write the tables under {output}/runs/{run_id}/.
 Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""

@@ -1,0 +1,125 @@
+"""`fastsam-label serve` against a real `prefect server start` on 127.0.0.1: a deployment run triggered
+through the API completes, and the deployment carries its cron schedule."""
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from fastsam_core.synthetic import make_scene
+from schemas import parse_job
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A Prefect server on 127.0.0.1 with its own home (SQLite database); its API URL and environment."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+    prefect = str(Path(sys.executable).parent / "prefect")
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            log.close()
+            pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url, {**env, "PREFECT_API_URL": url}
+    _stop(proc)
+    log.close()
+
+
+def test_served_deployment_runs_on_demand_and_has_its_cron(tmp_path, prefect_server):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url, env = prefect_server
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        img, _ = make_scene(np.random.default_rng(i), 160, 192, n_shapes=(3, 5))
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "JPEG")
+        (src / f"{i}.jpg").write_bytes(buf.getvalue())
+    job = parse_job(
+        {
+            "source": {"uri": str(src)},
+            "output": str(tmp_path / "out"),
+            "compute": {"shard_size": 2, "num_actors": 1, "cpus_per_actor": 1},
+        },
+        environ={},
+    )
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
+    serve_log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "serve", str(job_file), "--cron", "0 3 * * *", "--name", "nightly"],
+        env=env,
+        stdout=serve_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            deadline = time.monotonic() + 180
+            with get_client(sync_client=True) as client:
+                while True:
+                    try:
+                        deployment = client.read_deployment_by_name("label-collection/nightly")
+                        break
+                    except Exception:
+                        assert serve.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                        assert time.monotonic() < deadline, "the deployment never appeared"
+                        time.sleep(1.0)
+            assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+            flow_run = run_deployment("label-collection/nightly", timeout=600)
+        assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-3000:])
+    finally:
+        _stop(serve)
+        serve_log.close()
+    runs = [p.parent.name for p in (tmp_path / "out/runs").glob("*/_SUCCESS")]
+    assert len(runs) == 1
+    images = list((tmp_path / "out/runs" / runs[0] / "images").glob("*.parquet"))
+    assert len(images) == 2
