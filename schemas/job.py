@@ -351,6 +351,8 @@ def _describe(err: dict) -> str:
         msg = "unknown field; check the spelling (credentials never go in the job: use the environment or a profile)"
     elif err["type"] == "missing":
         msg = "required field is missing"
+    elif err["type"] == "string_type":
+        msg += "; quote it in YAML (digits alone read as a number)"
     got = err.get("input")
     # Our own checks (value_error) already quote the value; pydantic's built-in ones do not.
     if err["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, dict | list):

@@ -24,6 +24,7 @@ def test_defaults_and_frozen():
         ({"model": {"imgsz": 100}}, pytest.raises(JobError, match=r"model\.imgsz: .*multiple of 32.*try 96")),
         ({"model": {"conf": 1.5}}, pytest.raises(JobError, match=r"model\.conf: .*less than or equal to 1.*1\.5")),
         ({"model": {"sha256": "abc"}}, pytest.raises(JobError, match=r"model\.sha256: .*64 hex digits.*sha256sum")),
+        ({"model": {"sha256": 1234}}, pytest.raises(JobError, match=r"model\.sha256: .*quote it in YAML")),
         ({"source": {"uri": "gs://b/x"}}, pytest.raises(JobError, match=r"source\.uri: .*gs://.*use s3:// or a local")),
         ({"output": "s3:///nobucket"}, pytest.raises(JobError, match=r"output: .*no bucket")),
         ({"prompts": ["cat", "cat"]}, pytest.raises(JobError, match=r"prompts: .*\['cat'\] repeat")),
