@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test lint format bench bench-labeler tiny-model
+.PHONY: setup test demo lint format bench bench-labeler tiny-model
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
+
+# The whole pipeline offline: loopback S3, local Ray, Prefect's ephemeral server, the small model.
+demo: setup
+	$(VENV)/bin/fastsam-label demo
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -27,17 +27,7 @@ def source(s3_endpoint, cluster):
     return bucket, keys
 
 
-@pytest.fixture
-def keep_torch_threads():
-    """The Labeler sets torch's CPU threads from the job; give the rest of the session its own back."""
-    import torch
-
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def test_two_actors_write_the_same_tables_as_one_labeler(s3_endpoint, source, keep_torch_threads):
+def test_two_actors_write_the_same_tables_as_one_labeler(s3_endpoint, source):
     bucket, keys = source
     job = make_job(s3_endpoint, bucket, "pooled", shard_size=3, num_actors=2, cpus_per_actor=1)
     n = plan(job, "r")

@@ -11,6 +11,7 @@ written under keys fixed by (run id, shard id), and the completion marker last.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -145,10 +146,6 @@ class Labeler:
             imgsz=m.imgsz or self.model.default_imgsz, conf=m.conf, iou=m.iou, max_det=m.max_det, retina=m.retina
         )
         self.segmenter = Segmenter(self.model, params)
-        if self.model.device.type == "cpu":
-            # Float sums depend on how work is split over threads; a fixed count per job makes the
-            # scores equal bit for bit in every actor and in a direct call.
-            torch.set_num_threads(max(1, math.ceil(job.compute.cpus_per_actor)))
         self.embedder = self._embedder() if job.prompts else None
         self.clip_name = None if self.embedder is None else self.embedder.name
         self.image_prompts: dict[str, list[ImagePrompt]] = {}
@@ -221,8 +218,29 @@ class Labeler:
         log.info("shard %d of %s: %d objects, %d masks", shard_id, run_id, summary.objects, summary.masks)
         return summary
 
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Torch's CPU threads = compute.cpus_per_actor while labelling, restored afterwards.
+
+        Float sums depend on how work is split over threads; a fixed count per job makes the scores
+        equal bit for bit in every actor and in a direct call.
+        """
+        if self.model.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, math.ceil(self.job.compute.cpus_per_actor)))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def label_objects(self, objects: Sequence[ObjectInfo]) -> list[rows.ImageResult]:
         """Read, decode and label source objects; one result per object, in order, failures included."""
+        with self._threads():
+            return self._label_objects(objects)
+
+    def _label_objects(self, objects: Sequence[ObjectInfo]) -> list[rows.ImageResult]:
         c = self.job.compute
         results: list[rows.ImageResult] = []
         batcher = ShapeBatcher(c.batch_size, max_waiting=c.prefetch)
@@ -359,6 +377,10 @@ class Labeler:
                 f"a Ray Data batch needs a 'bytes' or an 'image' column, but has {sorted(batch)}; "
                 "use ray.data.read_binary_files(..., include_paths=True) or ray.data.read_images(...)"
             )
+        with self._threads():
+            return self._call(batch)
+
+    def _call(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["bytes"] if "bytes" in batch else batch["image"])
         paths = [str(p) for p in batch["path"]] if "path" in batch else [f"item-{i}" for i in range(n)]
         loaded = []

@@ -1,0 +1,52 @@
+"""The README's code for reading results runs on real output tables (pyarrow, polars, duckdb)."""
+
+import re
+from pathlib import Path
+
+from schemas import parse_job
+from tests.ray_support import plan
+from workers.labeler import Labeler
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _block_after(heading: str) -> str:
+    section = README[README.index(heading) :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_reading_the_results_snippet(tmp_path, capsys):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fastsam_core.synthetic import make_scene
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        img, _ = make_scene(np.random.default_rng(i), 160, 192, n_shapes=(3, 5))
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, "PNG")
+        (src / f"{i}.png").write_bytes(buf.getvalue())
+    (src / "broken.png").write_bytes(b"")
+    job = parse_job(
+        {
+            "source": {"uri": str(src)},
+            "output": str(tmp_path / "out"),
+            "prompts": ["red", "blue", "green", "yellow"],
+            "clip": {"arch": "color-words"},
+            "selection": {"threshold": 0.3},
+        },
+        environ={},
+    )
+    for i in range(plan(job, "r")):
+        Labeler(job).label_shard("r", i)
+    scope = {"RUN": str(tmp_path / "out/runs/r")}
+    exec(_block_after("### Reading the results"), scope)
+    assert scope["m"].shape == (160, 192) and scope["m"].sum() == scope["row"]["area"]
+    assert scope["per_label"]["masks"].sum() == scope["masks"].num_rows
+    assert scope["failed"]["status"].to_list() == ["decode_error"]
+    shown = capsys.readouterr().out
+    assert "label_score" in shown and any(c in shown for c in ("red", "blue", "green", "yellow"))
