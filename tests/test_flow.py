@@ -173,3 +173,34 @@ def test_cli_exit_codes_and_status(tmp_path, prefect_harness, capsys):
     status = json.loads(capsys.readouterr().out)
     assert status["state"] == "committed" and status["counts"]["failed"] == 1
     assert main(["status", "nope", "--output", str(tmp_path / "o")]) == 2
+
+
+def test_a_failed_shard_blocks_the_commit_until_a_rerun_completes(tmp_path, prefect_harness, monkeypatch):
+    import flows.label as label_flow
+    from workers.shards import shard_list_key
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"{i}.jpg").write_bytes(_jpeg(i))
+    job = _job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})
+    monkeypatch.setattr(label_flow, "label_shard_task", label_flow.label_shard_task.with_options(retries=0))
+    from workers.runs import plan_run
+    from workers.store import LocalStore
+
+    spec = parse_job(job, environ={})
+    out, source = LocalStore(tmp_path / "out"), LocalStore(src)
+    plan_run(spec, source, out, "broken")
+    good = out.get(shard_list_key("broken", 1))
+    out.put(shard_list_key("broken", 1), b"not parquet")  # shard 1 cannot be read
+    with pytest.raises(label_flow.RunFailedError, match=r"shards \[1\] failed.*same run id to resume"):
+        label_collection(job=job, run_id="broken")
+    assert not (tmp_path / "out/runs/broken/_SUCCESS").exists()
+    assert sorted(p.name for p in (tmp_path / "out/runs/broken/done").iterdir()) == [
+        "shard-00000.json",
+        "shard-00002.json",
+    ]
+    out.put(shard_list_key("broken", 1), good)
+    resumed = label_collection(job=job, run_id="broken")
+    assert resumed["state"] == "done" and resumed["counts"]["objects"] == 6
+    assert (tmp_path / "out/runs/broken/_SUCCESS").exists()
