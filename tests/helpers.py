@@ -79,3 +79,17 @@ def batch_from_masks(masks: list[np.ndarray], scores: list[float] | None = None)
         stability=np.ones(n),
         mask_ids=np.arange(n),
     )
+
+
+def scene_bytes(seed: int, h: int = 160, w: int = 192, fmt: str = "JPEG") -> bytes:
+    """An encoded synthetic scene of 3-5 coloured shapes (the small model's world)."""
+    import io
+
+    from PIL import Image
+
+    from fastsam_core.synthetic import make_scene
+
+    img, _ = make_scene(np.random.default_rng(seed), h, w, n_shapes=(3, 5))
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return buf.getvalue()

@@ -9,13 +9,11 @@ import threading
 from collections.abc import Iterator
 
 import boto3
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from fastsam_core.synthetic import make_scene
 from schemas import Job, parse_job
+from tests.helpers import scene_bytes
 from workers.shards import cut, list_source, write_shard_list
 from workers.store import open_store
 
@@ -28,11 +26,8 @@ def upload_scenes(endpoint: str, bucket: str, n: int, prefix: str = "src") -> li
     keys = []
     for i in range(n):
         h, w = (160, 192) if i % 2 else (200, 160)
-        img, _ = make_scene(np.random.default_rng(100 + i), h, w, n_shapes=(3, 5))
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=92)
         key = f"{prefix}/cam {i % 3}/frame-{i:03d}.jpg"
-        client.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+        client.put_object(Bucket=bucket, Key=key, Body=scene_bytes(100 + i, h, w))
         keys.append(key)
     return keys
 

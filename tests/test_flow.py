@@ -14,15 +14,14 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 import yaml
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
-from fastsam_core.synthetic import make_scene
 from flows.cli import main
 from flows.label import label_collection
 from schemas import parse_job
 from tests.corpus import corpus
+from tests.helpers import scene_bytes
 from workers.decode import decode_image
 
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
@@ -34,13 +33,6 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def _jpeg(seed: int, h: int = 160, w: int = 192) -> bytes:
-    img, _ = make_scene(np.random.default_rng(seed), h, w, n_shapes=(3, 5))
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "JPEG", quality=92)
-    return buf.getvalue()
 
 
 def _job(source: str, output: str, **extra) -> dict:
@@ -61,7 +53,7 @@ def _table(root: str, name: str):
 
 def test_end_to_end_on_loopback_s3(s3_endpoint, bucket, prefect_harness):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
-    objects = {f"scenes/{i:02d}.jpg": _jpeg(i) for i in range(10)}
+    objects = {f"scenes/{i:02d}.jpg": scene_bytes(i) for i in range(10)}
     objects.update({k: v for k, (v, _) in corpus().items() if k.startswith("bad/") and k != "bad/big.jpg"})
     for key, data in objects.items():
         s3.put_object(Bucket=bucket, Key=f"in/{key}", Body=data)
@@ -109,14 +101,14 @@ def test_incremental_run_labels_only_new_and_changed(tmp_path, prefect_harness):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(6):
-        (src / f"{i}.jpg").write_bytes(_jpeg(i))
+        (src / f"{i}.jpg").write_bytes(scene_bytes(i))
     job = _job(str(src), str(tmp_path / "out"))
     first = label_collection(job=job, run_id="day-1")
     assert first["counts"]["objects"] == 6
-    (src / "6.jpg").write_bytes(_jpeg(6))
-    (src / "7.jpg").write_bytes(_jpeg(7))
+    (src / "6.jpg").write_bytes(scene_bytes(6))
+    (src / "7.jpg").write_bytes(scene_bytes(7))
     time.sleep(0.01)
-    (src / "2.jpg").write_bytes(_jpeg(20))  # changed content: new size and mtime, so a new ETag
+    (src / "2.jpg").write_bytes(scene_bytes(20))  # changed content: new size and mtime, so a new ETag
     second = label_collection(job=job, run_id="day-2", incremental=True)
     assert second["counts"]["objects"] == 3 and second["counts"]["skipped_unchanged"] == 5
     keys = sorted(_table(str(tmp_path / "out/runs/day-2"), "images")["key"].to_pylist())
@@ -135,7 +127,7 @@ def test_resume_after_the_flow_process_is_killed(tmp_path, prefect_harness):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(24):
-        (src / f"img-{i:02d}.jpg").write_bytes(_jpeg(100 + i, 240, 320))
+        (src / f"img-{i:02d}.jpg").write_bytes(scene_bytes(100 + i, 240, 320))
     job_file = tmp_path / "job.yaml"
     job_file.write_text(yaml.safe_dump(_job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # its own ephemeral server
@@ -182,7 +174,7 @@ def test_a_failed_shard_blocks_the_commit_until_a_rerun_completes(tmp_path, pref
     src = tmp_path / "src"
     src.mkdir()
     for i in range(6):
-        (src / f"{i}.jpg").write_bytes(_jpeg(i))
+        (src / f"{i}.jpg").write_bytes(scene_bytes(i))
     job = _job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})
     monkeypatch.setattr(label_flow, "label_shard_task", label_flow.label_shard_task.with_options(retries=0))
     from workers.runs import plan_run

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 from schemas import parse_job
+from tests.helpers import scene_bytes
 from tests.ray_support import plan
 from workers.labeler import Labeler
 
@@ -16,20 +17,10 @@ def _block_after(heading: str) -> str:
 
 
 def test_reading_the_results_snippet(tmp_path, capsys):
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from fastsam_core.synthetic import make_scene
-
     src = tmp_path / "src"
     src.mkdir()
     for i in range(3):
-        img, _ = make_scene(np.random.default_rng(i), 160, 192, n_shapes=(3, 5))
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "PNG")
-        (src / f"{i}.png").write_bytes(buf.getvalue())
+        (src / f"{i}.png").write_bytes(scene_bytes(i, fmt="PNG"))
     (src / "broken.png").write_bytes(b"")
     job = parse_job(
         {

@@ -1,7 +1,6 @@
 """`fastsam-label serve` against a real `prefect server start` on 127.0.0.1: a deployment run triggered
 through the API completes, and the deployment carries its cron schedule."""
 
-import io
 import os
 import signal
 import socket
@@ -11,13 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import yaml
-from PIL import Image
 
-from fastsam_core.synthetic import make_scene
 from schemas import parse_job
+from tests.helpers import scene_bytes
 
 
 def _free_port() -> int:
@@ -79,10 +76,7 @@ def test_served_deployment_runs_on_demand_and_has_its_cron(tmp_path, prefect_ser
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
-        img, _ = make_scene(np.random.default_rng(i), 160, 192, n_shapes=(3, 5))
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG")
-        (src / f"{i}.jpg").write_bytes(buf.getvalue())
+        (src / f"{i}.jpg").write_bytes(scene_bytes(i))
     job = parse_job(
         {
             "source": {"uri": str(src)},
