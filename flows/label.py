@@ -64,9 +64,19 @@ def commit_task(job: Job, run_id: str, started_at: datetime) -> dict:
 
 
 def summarize(
-    job: Job, run_id: str, plan: runs.Plan, done: dict[int, ShardSummary], failed: dict[int, str], seconds: float
+    job: Job,
+    run_id: str,
+    plan: runs.Plan,
+    done: dict[int, ShardSummary],
+    failed: dict[int, str],
+    seconds: float,
+    labelled_now: int,
 ) -> dict:
-    """The run's summary: counts, errors by kind, throughput and per-stage seconds."""
+    """The run's summary: counts, errors by kind, throughput and per-stage seconds.
+
+    Counts cover every done shard of the run (also those done by an earlier, interrupted attempt);
+    `images_per_second` only the objects labelled by this attempt, over its wall time.
+    """
     counts, errors, stages = runs.totals(list(done.values()))
     return {
         "run_id": run_id,
@@ -77,7 +87,8 @@ def summarize(
         "errors_by_kind": errors,
         "failed_shards": {str(k): v for k, v in sorted(failed.items())},
         "seconds": round(seconds, 2),
-        "images_per_second": round(counts["objects"] / seconds, 2) if seconds > 0 else None,
+        "labelled_now": labelled_now,
+        "images_per_second": round(labelled_now / seconds, 2) if seconds > 0 else None,
         "stage_seconds": stages,
     }
 
@@ -124,6 +135,7 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
     plan = plan_task(spec, run_id, incremental)
     output = open_store(spec.output, spec.storage)
     done = runs.done_shards(output, run_id)
+    already = set(done)
     todo = [i for i in range(plan.shards) if i not in done]
     log.info("run %s: %d shards planned, %d already done, %d to label", run_id, plan.shards, len(done), len(todo))
     failed: dict[int, str] = {}
@@ -152,7 +164,8 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
         finally:
             _POOLS.pop(run_id, None)
             pool.close()
-    summary = summarize(spec, run_id, plan, done, failed, time.perf_counter() - t0)
+    labelled_now = sum(done[i].objects for i in done if i not in already)
+    summary = summarize(spec, run_id, plan, done, failed, time.perf_counter() - t0, labelled_now)
     if not failed:
         commit_task(spec, run_id, started)
     create_markdown_artifact(

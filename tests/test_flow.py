@@ -95,6 +95,7 @@ def test_end_to_end_on_loopback_s3(s3_endpoint, bucket, prefect_harness):
     # Running the same run id again labels nothing and gives the same summary counts.
     again = label_collection(job=job, run_id="e2e")
     assert again["counts"] == summary["counts"] and again["shards"]["done"] == 4
+    assert summary["labelled_now"] == len(objects) and again["labelled_now"] == 0
 
 
 def test_incremental_run_labels_only_new_and_changed(tmp_path, prefect_harness):
