@@ -23,6 +23,7 @@ from prefect.tasks import exponential_backoff
 from schemas.job import Job, check_run_id, parse_job
 from schemas.manifest import ShardSummary
 from workers import runs
+from workers.sidecar import load_prompt_table
 from workers.store import open_store
 
 #: Pools of the runs in progress in this process, by run id (tasks look them up; never serialized).
@@ -132,6 +133,7 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
     t0 = time.perf_counter()
     spec = parse_job(job, environ={})  # environment overrides were applied by whoever built `job`
     run_id = check_run_id(run_id or runs.new_run_id())
+    load_prompt_table(spec)  # a bad prompt table fails here, by row, not in every actor
     plan = plan_task(spec, run_id, incremental)
     output = open_store(spec.output, spec.storage)
     done = runs.done_shards(output, run_id)

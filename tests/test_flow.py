@@ -197,3 +197,14 @@ def test_a_failed_shard_blocks_the_commit_until_a_rerun_completes(tmp_path, pref
     resumed = label_collection(job=job, run_id="broken")
     assert resumed["state"] == "done" and resumed["counts"]["objects"] == 6
     assert (tmp_path / "out/runs/broken/_SUCCESS").exists()
+
+
+def test_a_bad_prompt_table_fails_the_run_before_any_work(tmp_path, prefect_harness):
+    from workers.sidecar import PromptTableError
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "p.jsonl").write_text('{"key": "a.jpg", "box": [5, 5, 1, 1]}\n')
+    job = _job(str(tmp_path / "src"), str(tmp_path / "out"), prompt_table=str(tmp_path / "p.jsonl"))
+    with pytest.raises(PromptTableError, match=r"row 0: 'box' must be"):
+        label_collection(job=job, run_id="bad-table")
+    assert not (tmp_path / "out").exists()  # nothing planned or written

@@ -59,3 +59,17 @@ def test_repeated_ids_and_unreadable_tables():
         parse_prompt_table(b"not parquet", "p.parquet")
     with pytest.raises(PromptTableError, match="no 'key' column"):
         parse_prompt_table(_jsonl([{"k": 1}]), "p.jsonl")
+
+
+def test_load_prompt_table_names_a_missing_table(tmp_path):
+    from schemas import parse_job
+    from workers.sidecar import load_prompt_table
+
+    job = parse_job(
+        {"source": {"uri": str(tmp_path)}, "output": str(tmp_path / "o"), "prompt_table": str(tmp_path / "p.jsonl")},
+        environ={},
+    )
+    with pytest.raises(PromptTableError, match=r"p\.jsonl cannot be read.*check prompt_table"):
+        load_prompt_table(job)
+    (tmp_path / "p.jsonl").write_text('{"key": "a.jpg", "box": [0, 0, 4, 4]}\n')
+    assert list(load_prompt_table(job)) == ["a.jpg"]

@@ -49,7 +49,7 @@ from schemas.tables import STATUS_OK, image_id
 from workers import rows
 from workers.decode import ImageError, decode_image
 from workers.shards import done_key, parquet_bytes, read_shard_list, table_key
-from workers.sidecar import ImagePrompt, parse_prompt_table
+from workers.sidecar import ImagePrompt, load_prompt_table
 from workers.store import ObjectInfo, ObjectStore, ObjectTooLargeError, StoreError, display_key, open_store
 from workers.weights import resolve_weights
 
@@ -150,7 +150,7 @@ class Labeler:
         self.clip_name = None if self.embedder is None else self.embedder.name
         self.image_prompts: dict[str, list[ImagePrompt]] = {}
         if job.prompt_table:
-            self.image_prompts = parse_prompt_table(self._read_uri(job.prompt_table), job.prompt_table)
+            self.image_prompts = load_prompt_table(job)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def _embedder(self):
@@ -167,13 +167,6 @@ class Labeler:
             half=self.job.model.half,
             chunk_size=c.batch_size,
         )
-
-    def _read_uri(self, uri: str) -> bytes:
-        if uri.startswith("s3://"):
-            bucket, _, key = uri[5:].partition("/")
-            return open_store(f"s3://{bucket}", self.job.storage).get(key)
-        with open(uri.removeprefix("file://"), "rb") as f:
-            return f.read()
 
     # -- one shard ------------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from schemas.job import Job
+
 
 class PromptTableError(ValueError):
     """The prompt table cannot be used; the message names the row and the fix."""
@@ -97,3 +99,26 @@ def parse_prompt_table(data: bytes, name: str) -> dict[str, list[ImagePrompt]]:
             raise PromptTableError(f"{where}: 'point_labels' must hold one 0 or 1 per point, got {labels}")
         out[key].append(ImagePrompt(pid, "points", p, lab, None))
     return dict(out)
+
+
+def load_prompt_table(job: Job) -> dict[str, list[ImagePrompt]]:
+    """The job's prompt table (path or s3:// URI), read and validated; {} when the job has none.
+
+    Raises:
+        PromptTableError: the table cannot be read or has a bad row.
+    """
+    from workers.store import StoreError, open_store
+
+    uri = job.prompt_table
+    if uri is None:
+        return {}
+    try:
+        if uri.startswith("s3://"):
+            bucket, _, key = uri[5:].partition("/")
+            data = open_store(f"s3://{bucket}", job.storage).get(key)
+        else:
+            with open(uri.removeprefix("file://"), "rb") as f:
+                data = f.read()
+    except (StoreError, OSError) as e:
+        raise PromptTableError(f"prompt table {uri} cannot be read: {e}; check prompt_table") from None
+    return parse_prompt_table(data, uri)
