@@ -83,8 +83,34 @@ def merge_by_points(
     return merge_masks(fg.rles, batch.image_hw, minus=bg.rles, morphology=morphology)
 
 
+def box_iou(batch: MaskBatch, boxes_xyxy: np.ndarray) -> np.ndarray:
+    """IoU of each prompt box, clipped to the image, with each mask's tight box.
+
+    Args:
+        batch: masks of one image.
+        boxes_xyxy: (K, 4) XYXY pixels.
+
+    Returns:
+        (K, N) float64, rows in prompt order, columns in batch order; 0 for a box empty after clipping.
+    """
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    h, w = batch.image_hw
+    b = np.stack([b[:, 0].clip(0, w), b[:, 1].clip(0, h), b[:, 2].clip(0, w), b[:, 3].clip(0, h)], 1)
+    if len(batch) == 0 or len(b) == 0:
+        return np.zeros((len(b), len(batch)))
+    mb = batch.bboxes_xywh()
+    mb = np.concatenate([mb[:, :2], mb[:, :2] + mb[:, 2:]], 1)
+    iw = (np.minimum(b[:, None, 2], mb[None, :, 2]) - np.maximum(b[:, None, 0], mb[None, :, 0])).clip(0)
+    ih = (np.minimum(b[:, None, 3], mb[None, :, 3]) - np.maximum(b[:, None, 1], mb[None, :, 1])).clip(0)
+    inter = iw * ih
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    area_m = (mb[:, 2] - mb[:, 0]) * (mb[:, 3] - mb[:, 1])
+    iou = inter / np.maximum(area_b[:, None] + area_m[None] - inter, 1e-9)
+    return np.where(area_b[:, None] > 0, iou, 0.0)
+
+
 def select_by_boxes(batch: MaskBatch, boxes_xyxy: np.ndarray) -> np.ndarray:
-    """For each prompt box, the mask whose tight box has the highest IoU with it.
+    """For each prompt box, the mask whose tight box has the highest IoU with it (see `box_iou`).
 
     Args:
         batch: masks of one image.
@@ -94,22 +120,12 @@ def select_by_boxes(batch: MaskBatch, boxes_xyxy: np.ndarray) -> np.ndarray:
         (K,) int mask_ids in prompt order; NO_MASK (-1) for a box that is empty after clipping or
         overlaps no mask. Ties go to the higher-scoring (earlier) mask.
     """
-    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
-    h, w = batch.image_hw
-    b = np.stack([b[:, 0].clip(0, w), b[:, 1].clip(0, h), b[:, 2].clip(0, w), b[:, 3].clip(0, h)], 1)
-    out = np.full(len(b), NO_MASK, np.int64)
-    if len(batch) == 0 or len(b) == 0:
+    iou = box_iou(batch, boxes_xyxy)
+    out = np.full(len(iou), NO_MASK, np.int64)
+    if iou.shape[1] == 0:
         return out
-    mb = batch.bboxes_xywh()
-    mb = np.concatenate([mb[:, :2], mb[:, :2] + mb[:, 2:]], 1)
-    iw = (np.minimum(b[:, None, 2], mb[None, :, 2]) - np.maximum(b[:, None, 0], mb[None, :, 0])).clip(0)
-    ih = (np.minimum(b[:, None, 3], mb[None, :, 3]) - np.maximum(b[:, None, 1], mb[None, :, 1])).clip(0)
-    inter = iw * ih
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    area_m = (mb[:, 2] - mb[:, 0]) * (mb[:, 3] - mb[:, 1])
-    iou = inter / np.maximum(area_b[:, None] + area_m[None] - inter, 1e-9)
     best = iou.argmax(1)
-    ok = (area_b > 0) & (iou[np.arange(len(b)), best] > 0)
+    ok = iou[np.arange(len(iou)), best] > 0
     out[ok] = batch.mask_ids[best[ok]]
     return out
 

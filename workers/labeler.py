@@ -43,6 +43,7 @@ from fastsam_core import (
     select_by_points,
 )
 from fastsam_core import rle as rle_utils
+from fastsam_core.prompts import box_iou
 from schemas.job import Job, check_run_id
 from schemas.manifest import ShardSummary
 from schemas.tables import STATUS_OK, image_id
@@ -112,15 +113,6 @@ class ShapeBatcher:
 
 def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
-
-
-def _box_iou(a: np.ndarray, b_xywh: np.ndarray) -> float:
-    bx0, by0, bw, bh = b_xywh
-    iw = max(min(a[2], bx0 + bw) - max(a[0], bx0), 0)
-    ih = max(min(a[3], by0 + bh) - max(a[1], by0), 0)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + bw * bh - inter
-    return float(inter / union) if union > 0 else 0.0
 
 
 class Labeler:
@@ -347,9 +339,9 @@ class Labeler:
             if mid == NO_MASK:
                 out.append(rows.PromptResult(p.prompt_id, "box", [], None, None))
                 continue
-            row = mb.by_mask_id([mid])
-            iou = _box_iou(p.box_xyxy, row.bboxes_xywh()[0])
-            out.append(rows.PromptResult(p.prompt_id, "box", [mid], row.rles[0], iou))
+            i = int(np.flatnonzero(mb.mask_ids == mid)[0])
+            iou = float(box_iou(mb[i], p.box_xyxy[None])[0, 0])  # the IoU that chose it (box clipped)
+            out.append(rows.PromptResult(p.prompt_id, "box", [mid], mb.rles[i], iou))
         return out
 
     # -- Ray Data -------------------------------------------------------------------------------
