@@ -107,14 +107,14 @@ def load_prompt_table(job: Job) -> dict[str, list[ImagePrompt]]:
     Raises:
         PromptTableError: the table cannot be read or has a bad row.
     """
-    from workers.store import StoreError, open_store
+    from workers.store import StoreError, open_store, split_s3_uri
 
     uri = job.prompt_table
     if uri is None:
         return {}
     try:
         if uri.startswith("s3://"):
-            bucket, _, key = uri[5:].partition("/")
+            bucket, key = split_s3_uri(uri)
             data = open_store(f"s3://{bucket}", job.storage).get(key)
         else:
             with open(uri.removeprefix("file://"), "rb") as f:

@@ -81,6 +81,25 @@ class ObjectStore(Protocol):
         ...
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/rest -> (bucket, rest); rest may be empty.
+
+    Raises:
+        ValueError: not an s3:// URI, or no bucket.
+    """
+    if not uri.startswith("s3://"):
+        raise ValueError(f"expected an s3:// URI, but got {uri!r}")
+    bucket, _, rest = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} has no bucket; write s3://BUCKET/PREFIX")
+    return bucket, rest
+
+
+def _local_info(key: str, st: os.stat_result) -> ObjectInfo:
+    """A local file's listing entry; its ETag stand-in changes when its size or mtime does."""
+    return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+
+
 def safe_key(*parts: str) -> str:
     """Join key segments with "/", refusing anything that could leave the store's root.
 
@@ -123,7 +142,7 @@ class LocalStore:
                 st = (self.root / key).stat()
             except FileNotFoundError:  # deleted since the walk
                 continue
-            yield ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+            yield _local_info(key, st)
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         """See `ObjectStore.get`."""
@@ -163,7 +182,7 @@ class LocalStore:
             st = self._path(key).stat()
         except FileNotFoundError:
             return None
-        return ObjectInfo(key, st.st_size, f"{st.st_size}-{st.st_mtime_ns}")
+        return _local_info(key, st)
 
     def delete(self, key: str) -> None:
         """See `ObjectStore.delete`."""
@@ -186,11 +205,7 @@ class S3Store:
         import boto3
         from botocore.config import Config
 
-        if not uri.startswith("s3://"):
-            raise ValueError(f"S3Store needs an s3:// URI, but got {uri!r}")
-        bucket, _, prefix = uri[5:].partition("/")
-        if not bucket:
-            raise ValueError(f"{uri!r} has no bucket; write s3://BUCKET/PREFIX")
+        bucket, prefix = split_s3_uri(uri)
         self.bucket = bucket
         self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
         self.uri = f"s3://{bucket}/{self.prefix}"

@@ -49,9 +49,9 @@ def resolve_weights(
         return path
     if sha256 is None and not allow_unpinned:
         raise CheckpointError(f"{uri} has no pinned sha256; pin one, or allow unpinned weights")
-    from workers.store import S3Store
+    from workers.store import S3Store, split_s3_uri
 
-    bucket, _, key = uri[5:].partition("/")
+    bucket, key = split_s3_uri(uri)
     name = Path(key).name
     if not key or not name:
         raise CheckpointError(f"{uri} does not name an object; write s3://BUCKET/KEY")
