@@ -116,12 +116,13 @@ class ClipEmbedder:
 
         if arch not in open_clip.list_models():
             raise ValueError(f"CLIP architecture {arch!r} is unknown to open_clip; pick one of open_clip.list_models()")
+        self.sha256: str | None = None  # of the weights file, once verified
         if weights is not None:
             if sha256 is None and not allow_unpinned:
                 raise ValueError(
                     f"CLIP weights {weights} have no pinned sha256; pin one (sha256=...) or allow unpinned files"
                 )
-            verify_checkpoint(weights, sha256, allow_unpinned=True)
+            self.sha256 = verify_checkpoint(weights, sha256, allow_unpinned=True)
         self.device = pick_device(device)
         self.half = self.device.type == "cuda" if half is None else bool(half)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(

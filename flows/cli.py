@@ -5,15 +5,21 @@
     demo     the whole pipeline offline: a loopback S3 endpoint, sample images, the small model
     segment  label local files with fastsam_core directly, one JSON line per mask
 
-Exit codes: 0 done; 1 the run failed (or some file could not be read); 2 invalid settings;
-3 nothing was labelled.
+Exit codes (EXIT_CODES): 0 done; 1 the run failed (or some file could not be read); 2 the job or
+its inputs are wrong; 3 nothing was labelled; 4 storage or the cluster cannot be reached or refuses
+access; 5 another flow holds the run. Errors are one line naming the object and the fix;
+`--debug` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +117,9 @@ def _job_fields(args: argparse.Namespace) -> dict:
 
 def _exit_code(summary: dict) -> int:
     c = summary["counts"]
-    if summary["state"] != "done":
+    if summary["state"] != "committed":
         return 1
-    if c["labelled"] == 0 and not (c["objects"] == 0 and c["skipped_unchanged"] > 0):
+    if c["labelled"] == 0 and c["objects"] > 0:
         return 3  # nothing labelled (an incremental run with nothing new is not an error)
     return 0
 
@@ -121,79 +127,112 @@ def _exit_code(summary: dict) -> int:
 def _run(args: argparse.Namespace) -> int:
     from schemas.job import load_job
 
+    if args.allow_unpinned:  # this shell's user is the operator of this run
+        import os
+
+        from schemas.operator import ENV_ALLOW_UNPINNED
+
+        os.environ[ENV_ALLOW_UNPINNED] = "1"
     job = load_job(args.job, **_job_fields(args))
-    return run_job(job, args.run_id, args.incremental)[0]
+    return run_job(job, args.run_id, args.incremental, debug=args.debug)[0]
 
 
-def run_job(job, run_id: str | None, incremental: bool) -> tuple[int, dict | None]:
-    """Run the flow with a progress bar and print the summary; the exit code and the summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> tuple[int, dict | None]:
+    """Check the job, run the flow with a progress bar, print the summary; the exit code and the summary.
 
-    from flows.label import PROGRESS, RunFailedError, label_collection
+    The preflight runs here first, so a wrong job, store or weights file fails in seconds, before
+    Prefect and Ray start.
+    """
+    from flows.label import RunFailedError, checked_job, label_collection
+    from schemas.layout import RunLayout
+    from workers import runs
+    from workers.preflight import preflight
+    from workers.store import open_store
 
-    progress = Progress(
-        TextColumn("labelling shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
-    )
-    bar = progress.add_task("shards", total=None)
-
-    def update(done: int, total: int) -> None:
-        progress.update(bar, completed=done, total=total)
-
-    PROGRESS.append(update)
+    if not debug:
+        _quiet_prefect()
+    layout = RunLayout(run_id or runs.new_run_id())
+    spec = preflight(checked_job(job.model_dump(mode="json")), layout).job
+    print(f"run {layout.run_id}: labelling {job.source.uri} -> {spec.output} (resume with --run-id {layout.run_id})")
+    output = open_store(spec.output, spec.storage)
     try:
-        with progress:
-            summary = label_collection(job=job.model_dump(mode="json"), run_id=run_id, incremental=incremental)
+        with _progress(output, layout):
+            summary = label_collection(job=job.model_dump(mode="json"), run_id=layout.run_id, incremental=incremental)
     except RunFailedError as e:
+        print(json.dumps(e.summary.model_dump(mode="json"), indent=2))
         print(f"error: {e}", file=sys.stderr)
         return 1, None
-    finally:
-        PROGRESS.remove(update)
     print(json.dumps(summary, indent=2))
     return _exit_code(summary), summary
 
 
+@contextlib.contextmanager
+def _progress(output, layout) -> Iterator[None]:
+    """A progress bar of done shards, read from the output store every second while the block runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from workers.runs import load_plan
+    from workers.store import StoreError
+
+    bar = Progress(
+        TextColumn("labelling shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )
+    task = bar.add_task("shards", total=None)
+    stop = threading.Event()
+
+    def poll() -> None:
+        total = None
+        while not stop.wait(1.0):
+            try:
+                if total is None and (plan := load_plan(output, layout)) is not None:
+                    total = plan.shards
+                done = sum(1 for _ in output.list(layout.done_prefix))
+            except StoreError:  # the flow reports store problems; the bar just waits
+                continue
+            bar.update(task, completed=done, total=total)
+
+    thread = threading.Thread(target=poll, daemon=True, name="fastsam-progress")
+    with bar:
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
 def _status(args: argparse.Namespace) -> int:
-    from schemas.job import StorageSpec, check_run_id
+    from datetime import UTC, datetime
+
+    from schemas.job import StorageSpec
+    from schemas.layout import RunLayout
     from workers import runs
+    from workers.lease import RunLease
     from workers.store import open_store
 
     output = open_store(args.output, StorageSpec(endpoint_url=args.endpoint_url))
-    run_id = check_run_id(args.run_id)
-    manifest = runs.load_manifest(output, run_id)
+    layout = RunLayout(args.run_id)
+    manifest = runs.load_manifest(output, layout) if runs.is_committed(output, layout) else None
     if manifest is not None:
-        print(
-            json.dumps(
-                {
-                    "run_id": run_id,
-                    "state": "committed",
-                    "counts": manifest.counts,
-                    "errors_by_kind": manifest.errors_by_kind,
-                    "stage_seconds": manifest.stage_seconds,
-                    "started_at": manifest.started_at.isoformat(),
-                    "finished_at": manifest.finished_at.isoformat(),
-                    "models": manifest.models,
-                    "code_version": manifest.code_version,
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(manifest.summary.model_dump(mode="json"), indent=2))
         return 0
-    plan = runs.load_plan(output, run_id)
+    plan = runs.load_plan(output, layout)
     if plan is None:
-        print(f"error: no run {run_id} under {output.uri}: check the run id and --output", file=sys.stderr)
+        print(f"error: no run {layout.run_id} under {output.uri}: check the run id and --output", file=sys.stderr)
         return 2
-    done = runs.done_shards(output, run_id)
-    counts, errors, _ = runs.totals(list(done.values()))
-    state = {"run_id": run_id, "state": "incomplete", "shards": {"planned": plan.shards, "done": len(done)}}
-    print(json.dumps({**state, "counts": counts, "errors_by_kind": errors}, indent=2))
+    holder = RunLease(output, layout).holder()
+    state = "running" if holder is not None and not holder.free(datetime.now(UTC)) else "incomplete"
+    summary = runs.summary_of(output, layout, plan, runs.done_markers(output, layout), state)
+    print(json.dumps(summary.model_dump(mode="json"), indent=2))
     return 1
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from flows.label import label_collection
+    from flows.label import checked_job, label_collection
     from schemas.job import load_job
 
     job = load_job(args.job, **_job_fields(args))  # validated now: a bad job fails before serving
+    checked_job(job.model_dump(mode="json"))  # and held to the operator's policy
     print(f"serving deployment label-collection/{args.name} on cron {args.cron!r} (Ctrl-C to stop)")
     label_collection.serve(
         name=args.name,
@@ -225,6 +264,7 @@ def _add_job_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="fastsam-label", description="Bulk auto-labeling with FastSAM and CLIP.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("segment", help="label local image files, one JSON line per mask")
     s.add_argument("images", nargs="+", type=Path, help="image files (JPEG, PNG, WebP, BMP, TIFF, GIF)")
@@ -248,8 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="label a collection (Prefect flow, Ray actors)", description=_RUN_HELP)
     r.add_argument("job", nargs="?", type=Path, help="job file (.yaml or .json); flags override its fields")
-    r.add_argument("--run-id", help="reuse a run id to resume that run (default: the UTC time)")
+    r.add_argument("--run-id", help="reuse a run id to resume that run (default: UTC time + random suffix)")
     r.add_argument("--incremental", action="store_true", help="only objects new or changed since earlier runs")
+    r.add_argument(
+        "--allow-unpinned", action="store_true", help="let this run load weights without a pinned sha256 (operator)"
+    )
     _add_job_flags(r)
     r.set_defaults(func=_run)
 
@@ -284,14 +327,67 @@ _RUN_HELP = """Label every image under the job's source and write the tables und
 Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""
 
 
+#: Exit codes of `run` (and `demo`), by what went wrong; the README's CLI table lists them.
+EXIT_CODES = {
+    "done": 0,
+    "failed": 1,  # some shard failed, or some file could not be read (segment)
+    "invalid": 2,  # the job or its inputs: a field, a weights file or hash, the prompt table, the source
+    "nothing": 3,  # nothing was labelled
+    "unreachable": 4,  # storage or the cluster cannot be reached or refuses access
+    "busy": 5,  # another flow holds the run
+}
+
+
+def exit_code_of(e: BaseException) -> int | None:
+    """The exit code for an error the CLI explains in one line; None for a bug (shown with its traceback)."""
+    from workers.cluster import ClusterError
+    from workers.lease import RunBusyError
+    from workers.pool import PoolError
+    from workers.store import ObjectNotFoundError, StoreError
+
+    if isinstance(e, RunBusyError):
+        return EXIT_CODES["busy"]
+    if isinstance(e, ObjectNotFoundError | ValueError):  # JobError, CheckpointError, PromptTableError, ...
+        return EXIT_CODES["invalid"]
+    if isinstance(e, StoreError | ClusterError | PoolError):
+        return EXIT_CODES["unreachable"]
+    return None
+
+
+class _OneLineErrors(logging.Filter):
+    """Drops Prefect's error records of failed flow and task runs.
+
+    Their exception, with its traceback, reaches the CLI, which says it once, in one line (`--debug`
+    keeps them).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+        )
+
+
+def _quiet_prefect() -> None:
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()  # Prefect's handlers exist from here on (it would set them up at the first run)
+    for handler in logging.getLogger("prefect").handlers:
+        if not any(isinstance(f, _OneLineErrors) for f in handler.filters):
+            handler.addFilter(_OneLineErrors())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fastsam-label` console script."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:  # configuration errors (JobError is one): name the problem, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        code = exit_code_of(e)
+        if code is None or args.debug:
+            raise
+        message = " ".join(str(e).split()) if "\n  " not in str(e) else str(e)  # JobError lists fields per line
+        print(f"error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
     finally:
         server.stop()
     if summary is not None:
-        run = Path(summary["output"])
+        run = workdir / "labels" / "runs" / summary["run_id"]
         print(f"\ntables: {run}/images/ (one row per object) and {run}/masks/ (one row per mask)")
         print(f"manifest: {run}/manifest.json")
         print(f"read them: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{run}/masks').to_table())\"")

@@ -1,11 +1,16 @@
-"""The Prefect flow `label_collection`: validate -> plan -> label shards on the Ray pool -> commit -> report.
+"""The Prefect flow `label_collection`: check -> lease -> plan -> label shards on the Ray pool -> commit -> report.
 
 Only the job (a small dict), run and shard ids and shard summaries travel through Prefect; key
 lists live in the output store and image bytes never leave the actors.
 
-Resume: the same run id reuses its plan and skips shards whose completion marker exists.
-Incremental: the plan leaves out objects (key + ETag) that earlier committed runs under the same
-output already labelled.
+Before any work: the job is validated and held to the operator's policy (schemas.operator), and the
+preflight (workers.preflight) checks the source, the output and the weights in seconds. Then the
+flow takes the run's lease (one flow per run id), plans or resumes the run (a plan made by another
+job is refused), labels the shards that are not done, and commits.
+
+Retries, each in one place: botocore retries store requests; the pool re-dispatches shards whose
+actor died; Prefect retries a task only when its error is transient (the store was unavailable).
+A deterministic failure is labelled once and reported with its cause.
 """
 
 from __future__ import annotations
@@ -20,16 +25,15 @@ from prefect.cache_policies import NONE
 from prefect.futures import wait
 from prefect.tasks import exponential_backoff
 
-from schemas.job import Job, check_run_id, parse_job
-from schemas.manifest import ShardSummary
+from schemas.fingerprint import fingerprint
+from schemas.job import Job, parse_job
+from schemas.layout import RunLayout
+from schemas.manifest import RunSummary, ShardSummary
+from schemas.operator import OperatorPolicy
 from workers import runs
-from workers.sidecar import load_prompt_table
-from workers.store import open_store
-
-#: Pools of the runs in progress in this process, by run id (tasks look them up; never serialized).
-_POOLS: dict = {}
-#: Called as progress(done, planned) while shards finish (the CLI's progress bar); in-process only.
-PROGRESS: list = []
+from workers.lease import RunBusyError, RunLease
+from workers.preflight import preflight
+from workers.store import StoreAccessError, open_store
 
 
 def code_version() -> str:
@@ -41,151 +45,184 @@ def code_version() -> str:
 
 
 class RunFailedError(RuntimeError):
-    """Some shards failed after every retry; the run was not committed."""
+    """Some shards failed; the run was not committed. `summary` says which and why."""
+
+    def __init__(self, message: str, summary: RunSummary):
+        super().__init__(message)
+        self.summary = summary
 
 
-@task(name="plan", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
-def plan_task(job: Job, run_id: str, incremental: bool) -> runs.Plan:
-    """List and shard the source (or load the existing plan of this run id)."""
+def transient_only(task, task_run, state) -> bool:
+    """Prefect's retry condition: retry only errors that may pass (StoreError.transient, ShardError.transient)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # the result could not be read: do not guess
+        return False
+    return bool(getattr(exc, "transient", False))
+
+
+@task(name="plan", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only, cache_policy=NONE)
+def plan_task(job: Job, run_id: str, fp: dict, incremental: bool) -> runs.Plan:
+    """List and shard the source, or load this run id's plan (refused when another job made it)."""
     source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
-    return runs.plan_run(job, source, output, run_id, incremental)
+    return runs.plan_run(job, source, output, RunLayout(run_id), fp, incremental)
 
 
-@task(name="label-shard", retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=5), cache_policy=NONE)
-def label_shard_task(run_id: str, shard_id: int) -> ShardSummary:
+@task(
+    name="label-shard",
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=5),
+    retry_condition_fn=transient_only,
+    cache_policy=NONE,
+)
+def label_shard_task(pool, run_id: str, shard_id: int) -> ShardSummary:
     """Label one shard on the run's Ray pool (blocks while every actor is busy)."""
-    return _POOLS[run_id].label(run_id, shard_id)
+    return pool.label(run_id, shard_id)
 
 
-@task(name="commit", retries=2, retry_delay_seconds=[5, 30], cache_policy=NONE)
-def commit_task(job: Job, run_id: str, started_at: datetime) -> dict:
-    """Write the manifest and _SUCCESS (every shard is done)."""
-    manifest = runs.commit_run(job, open_store(job.output, job.storage), run_id, code_version(), started_at)
-    return {"counts": manifest.counts, "errors_by_kind": manifest.errors_by_kind}
+@task(name="commit", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only, cache_policy=NONE)
+def commit_task(job: Job, run_id: str, started_at: datetime) -> RunSummary:
+    """Settle every shard, index the run, write the manifest and _SUCCESS."""
+    output = open_store(job.output, job.storage)
+    return runs.commit_run(job, output, RunLayout(run_id), code_version(), started_at).summary
 
 
-def summarize(
-    job: Job,
-    run_id: str,
-    plan: runs.Plan,
-    done: dict[int, ShardSummary],
-    failed: dict[int, str],
-    seconds: float,
-    labelled_now: int,
-) -> dict:
-    """The run's summary: counts, errors by kind, throughput and per-stage seconds.
-
-    Counts cover every done shard of the run (also those done by an earlier, interrupted attempt);
-    `images_per_second` only the objects labelled by this attempt, over its wall time.
-    """
-    counts, errors, stages = runs.totals(list(done.values()))
-    return {
-        "run_id": run_id,
-        "output": f"{job.output.rstrip('/')}/runs/{run_id}/",
-        "state": "failed" if failed else "done",
-        "shards": {"planned": plan.shards, "done": len(done), "failed": sorted(failed)},
-        "counts": {**counts, "listed": plan.listed, "skipped_unchanged": plan.skipped},
-        "errors_by_kind": errors,
-        "failed_shards": {str(k): v for k, v in sorted(failed.items())},
-        "seconds": round(seconds, 2),
-        "labelled_now": labelled_now,
-        "images_per_second": round(labelled_now / seconds, 2) if seconds > 0 else None,
-        "stage_seconds": stages,
-    }
-
-
-def report_markdown(summary: dict) -> str:
+def report_markdown(summary: RunSummary) -> str:
     """The summary as a Markdown artifact."""
-    c = summary["counts"]
+    c = summary.counts
     lines = [
-        f"# fastsam-label run `{summary['run_id']}`: {summary['state']}",
-        f"Output: `{summary['output']}`",
+        f"# fastsam-label run `{summary.run_id}`: {summary.state}",
+        f"Output: `{summary.output}`",
         "",
         "| objects | labelled | failed | masks | skipped (unchanged) | seconds | images/s |",
         "|---|---|---|---|---|---|---|",
-        f"| {c['objects']} | {c['labelled']} | {c['failed']} | {c['masks']} | {c['skipped_unchanged']} | "
-        f"{summary['seconds']} | {summary['images_per_second']} |",
+        f"| {c.objects} | {c.labelled} | {c.failed} | {c.masks} | {c.skipped} | "
+        f"{summary.seconds} | {summary.images_per_second} |",
         "",
         "| error kind | objects |",
         "|---|---|",
-        *[f"| {k} | {v} |" for k, v in sorted(summary["errors_by_kind"].items())],
+        *[f"| {k} | {v} |" for k, v in sorted(summary.errors_by_kind.items())],
         "",
         "| stage | seconds (summed over images) |",
         "|---|---|",
-        *[f"| {k} | {v} |" for k, v in summary["stage_seconds"].items()],
+        *[f"| {k} | {v} |" for k, v in summary.stage_seconds.items()],
     ]
-    if summary["failed_shards"]:
-        lines += ["", "Failed shards:", *[f"- {k}: {v}" for k, v in summary["failed_shards"].items()]]
+    if summary.failed_shards:
+        lines += ["", "Failed shards:", *[f"- {k}: {v}" for k, v in summary.failed_shards.items()]]
     return "\n".join(lines)
+
+
+def checked_job(job: dict) -> Job:
+    """The flow's job parameter, validated and held to the operator's policy.
+
+    Environment overrides (FASTSAM_LABEL__*) were applied by whoever built the dict.
+    """
+    return OperatorPolicy.from_env().apply(parse_job(job, environ={}))
 
 
 @flow(name="label-collection", log_prints=True)
 def label_collection(job: dict, run_id: str | None = None, incremental: bool = False) -> dict:
-    """Label every image of the job's source; returns the run summary.
+    """Label every image of the job's source; returns the run summary (RunSummary as a dict).
 
     Args:
         job: the job as a dict (the fields of `schemas.Job`).
-        run_id: reuse an id to resume that run; None = a new id from the UTC time.
+        run_id: reuse an id to resume that run; None = a new unique id.
         incremental: label only objects that are new or changed since earlier committed runs.
+
+    Raises:
+        JobError, CheckpointError, PromptTableError: the job or its inputs are wrong (nothing written).
+        StoreError: a store cannot be reached or refuses access.
+        RunBusyError: another flow holds the run.
+        RunFailedError: some shards failed; run again with the same run id after fixing the cause.
     """
     log = get_run_logger()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    spec = parse_job(job, environ={})  # environment overrides were applied by whoever built `job`
-    run_id = check_run_id(run_id or runs.new_run_id())
-    load_prompt_table(spec)  # a bad prompt table fails here, by row, not in every actor
-    plan = plan_task(spec, run_id, incremental)
+    layout = RunLayout(run_id or runs.new_run_id())
+    checked = preflight(checked_job(job), layout)
+    spec = checked.job
     output = open_store(spec.output, spec.storage)
-    done = runs.done_shards(output, run_id)
-    already = set(done)
-    todo = [i for i in range(plan.shards) if i not in done]
-    log.info("run %s: %d shards planned, %d already done, %d to label", run_id, plan.shards, len(done), len(todo))
-    failed: dict[int, str] = {}
-    if todo:
-        from workers.pool import LabelerPool
+    with RunLease(output, layout) as lease:
+        plan = plan_task(spec, layout.run_id, fingerprint(spec, checked.hashes), incremental)
+        if runs.is_committed(output, layout):
+            summary = runs.load_manifest(output, layout).summary.model_copy(update={"labelled_now": 0})
+            print(summary.one_line())
+            return summary.model_dump(mode="json")
+        done = runs.done_markers(output, layout)
+        todo = [i for i in range(plan.shards) if i not in done]
+        log.info(
+            "run %s: %d shards planned, %d already done, %d to label", layout.run_id, plan.shards, len(done), len(todo)
+        )
+        labelled_now = 0
+        failed: dict[int, str] = {}
+        if todo:
+            failed, labelled_now = _label_shards(spec, layout, todo, lease)
+        markers = runs.done_markers(output, layout)
+        seconds = time.perf_counter() - t0
+        extra = {
+            "seconds": round(seconds, 2),
+            "labelled_now": labelled_now,
+            "images_per_second": round(labelled_now / seconds, 2) if seconds > 0 else None,
+        }
+        if failed:
+            summary = runs.summary_of(output, layout, plan, markers, "failed", failed_shards=failed, **extra)
+            _report(summary)
+            first = next(iter(failed.items()))
+            raise RunFailedError(
+                f"run {layout.run_id}: {len(failed)} shard(s) failed (shard {first[0]}: {first[1]}); fix the cause, "
+                f"then run again with --run-id {layout.run_id} to resume",
+                summary,
+            )
+        summary = commit_task(spec, layout.run_id, started).model_copy(update=extra)
+    _report(summary)
+    return summary.model_dump(mode="json")
 
-        pool = LabelerPool(spec)
-        _POOLS[run_id] = pool
-        try:
-            window = 2 * spec.compute.num_actors  # shards queued ahead of the actors
-            running: dict = {}
-            while todo or running:
-                while todo and len(running) < window:
-                    shard_id = todo.pop(0)
-                    running[shard_id] = label_shard_task.submit(run_id, shard_id)
-                wait(list(running.values()), timeout=1.0)
-                for shard_id, fut in list(running.items()):
-                    if fut.state.is_final():
-                        del running[shard_id]
-                        if fut.state.is_completed():
-                            done[shard_id] = fut.result()
-                        else:
-                            failed[shard_id] = str(fut.state.message or fut.state.name)
-                        for callback in PROGRESS:
-                            callback(len(done) + len(failed), plan.shards)
-        finally:
-            _POOLS.pop(run_id, None)
-            pool.close()
-    labelled_now = sum(done[i].objects for i in done if i not in already)
-    summary = summarize(spec, run_id, plan, done, failed, time.perf_counter() - t0, labelled_now)
-    if not failed:
-        commit_task(spec, run_id, started)
+
+def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease) -> tuple[dict[int, str], int]:
+    """Label the shards on a pool, a bounded window at a time; (failed shard -> why, objects labelled).
+
+    Raises:
+        StoreAccessError: a shard failed because a store refuses access (every other shard would too).
+        RunBusyError: another flow took the run over.
+    """
+    from workers.pool import LabelerPool, ShardError
+
+    failed: dict[int, str] = {}
+    labelled = 0
+    queue = list(todo)
+    with LabelerPool(spec) as pool:
+        window = 2 * spec.compute.num_actors  # shards queued ahead of the actors
+        running: dict = {}
+        while queue or running:
+            if lease.lost:
+                raise RunBusyError(lease.lost + "; this flow stopped")
+            while queue and len(running) < window:
+                shard_id = queue.pop(0)
+                running[shard_id] = label_shard_task.submit(pool, layout.run_id, shard_id)
+            wait(list(running.values()), timeout=1.0)
+            for shard_id, fut in list(running.items()):
+                if not fut.state.is_final():
+                    continue
+                del running[shard_id]
+                if fut.state.is_completed():
+                    labelled += fut.result().objects
+                    continue
+                err = fut.result(raise_on_failure=False)
+                cause = err.cause if isinstance(err, ShardError) else err
+                if isinstance(cause, StoreAccessError):
+                    raise cause  # the store refuses us: every other shard would fail the same way
+                failed[shard_id] = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(err)
+    return failed, labelled
+
+
+def _report(summary: RunSummary) -> None:
     create_markdown_artifact(
-        markdown=report_markdown(summary), key=f"fastsam-label-{_artifact_key(run_id)}", description="run summary"
+        markdown=report_markdown(summary),
+        key=f"fastsam-label-{_artifact_key(summary.run_id)}",
+        description="run summary",
     )
-    print(_one_line(summary))
-    if failed:
-        raise RunFailedError(f"run {run_id}: shards {sorted(failed)} failed; run again with the same run id to resume")
-    return summary
+    print(summary.one_line())
 
 
 def _artifact_key(run_id: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")[:60] or "run"
-
-
-def _one_line(summary: dict) -> str:
-    c = summary["counts"]
-    return (
-        f"run {summary['run_id']} {summary['state']}: {c['objects']} objects, {c['labelled']} labelled, "
-        f"{c['failed']} failed, {c['masks']} masks, {summary['images_per_second']} images/s -> {summary['output']}"
-    )

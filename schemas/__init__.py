@@ -3,31 +3,33 @@
 Imported by every other package; imports none of them.
 """
 
-from schemas.job import Job, JobError, check_run_id, load_job, parse_job
-from schemas.manifest import RunManifest, ShardState, ShardSummary
+from schemas.job import Job, JobError, load_job, parse_job
+from schemas.layout import RunLayout, check_run_id
+from schemas.manifest import RunManifest, RunSummary, ShardMarker, ShardState, ShardSummary
 from schemas.tables import (
-    ERROR_KINDS,
     IMAGES_SCHEMA,
     MASKS_SCHEMA,
     PROMPTS_SCHEMA,
     SCHEMA_VERSION,
-    STATUS_OK,
+    ImageStatus,
     SchemaVersionError,
     check_table,
     image_id,
 )
 
 __all__ = [
-    "ERROR_KINDS",
     "IMAGES_SCHEMA",
     "MASKS_SCHEMA",
     "PROMPTS_SCHEMA",
     "SCHEMA_VERSION",
-    "STATUS_OK",
+    "ImageStatus",
     "Job",
     "JobError",
+    "RunLayout",
     "RunManifest",
+    "RunSummary",
     "SchemaVersionError",
+    "ShardMarker",
     "ShardState",
     "ShardSummary",
     "check_run_id",

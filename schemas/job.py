@@ -29,7 +29,6 @@ ENV_PREFIX = "FASTSAM_LABEL__"
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class JobError(ValueError):
@@ -176,7 +175,10 @@ class ComputeSpec(_Spec):
         cpus_per_actor: CPUs reserved per actor (> 0).
         batch_size: images per model forward pass, >= 1.
         read_threads: threads reading and decoding ahead of the model, per actor.
-        prefetch: most decoded images waiting for the model, per actor (bounds memory).
+        prefetch: most images read or decoded ahead of the model, per actor.
+        read_ahead_pixels: most decoded pixels (width x height) in flight per actor, in decoding or
+            waiting for the model: bounds memory by size, not count. An image larger than this is
+            decoded alone.
         ray_address: an existing cluster ("ray://host:10001", "host:6379", "auto"); None = start a local one.
         max_shard_attempts: tries per shard when actors die, >= 1.
     """
@@ -188,6 +190,7 @@ class ComputeSpec(_Spec):
     batch_size: int = Field(4, ge=1, le=1024)
     read_threads: int = Field(4, ge=1, le=256)
     prefetch: int = Field(8, ge=1, le=4096)
+    read_ahead_pixels: int = Field(100_000_000, ge=1)
     ray_address: str | None = None
     max_shard_attempts: int = Field(3, ge=1, le=100)
 
@@ -212,7 +215,11 @@ class StorageSpec(_Spec):
         region: AWS region; None = boto3's default chain.
         profile: a named profile from ~/.aws/config; None = the default chain.
         retry_mode: botocore retry mode, "standard" or "adaptive" (client-side rate limiting).
-        max_attempts: botocore attempts per request, including the first.
+        max_attempts: botocore attempts per request, including the first; transient errors (5xx,
+            SlowDown, timeouts, connection resets) are retried with exponential backoff, permanent ones
+            (AccessDenied, NoSuchBucket, bad credentials) never.
+        connect_timeout_s: seconds to open a connection before the attempt counts as failed.
+        read_timeout_s: seconds without a byte from the server before the attempt counts as failed.
         multipart_threshold: uploads at least this many bytes use multipart upload.
     """
 
@@ -221,6 +228,8 @@ class StorageSpec(_Spec):
     profile: str | None = None
     retry_mode: Literal["standard", "adaptive"] = "standard"
     max_attempts: int = Field(8, ge=1, le=50)
+    connect_timeout_s: float = Field(5.0, gt=0, le=600)
+    read_timeout_s: float = Field(60.0, gt=0, le=3600)
     multipart_threshold: int = Field(64 * 2**20, ge=5 * 2**20)
 
 
@@ -234,6 +243,8 @@ class Job(_Spec):
         negative_prompts: prompts that veto a label when they match better ("background", "shadow").
         prompt_table: optional sidecar table (.parquet or .jsonl, path or s3:// URI) of per-image
             point and box prompts; see `workers.sidecar`.
+        prompt_table_sha256: pinned hash of the prompt table; the flow sets it when the run starts, so
+            every actor labels with the table that was checked.
         model, clip, selection, compute, limits, storage: see their classes.
     """
 
@@ -242,6 +253,7 @@ class Job(_Spec):
     prompts: tuple[str, ...] = ()
     negative_prompts: tuple[str, ...] = ()
     prompt_table: Uri | None = None
+    prompt_table_sha256: Sha256 = None
     model: ModelSpec = ModelSpec()
     clip: ClipSpec = ClipSpec()
     selection: SelectionSpec = SelectionSpec()
@@ -287,7 +299,7 @@ class Job(_Spec):
             and not (self.model.sha256 or self.model.allow_unpinned)
         ):
             raise ValueError("model.sha256 is required for an s3:// checkpoint (it is fetched, then unpickled)")
-        if _norm(self.source.uri) == _norm(self.output):
+        if normalize_uri(self.source.uri) == normalize_uri(self.output):
             raise ValueError("output must differ from source.uri, or the outputs would be listed as inputs")
         return self
 
@@ -297,20 +309,11 @@ class Job(_Spec):
         return self.prompts + self.negative_prompts
 
 
-def _norm(uri: str) -> str:
+def normalize_uri(uri: str) -> str:
+    """One spelling per location: s3:// without a trailing slash, local paths absolute and resolved."""
     if uri.startswith("s3://"):
         return uri.rstrip("/")
     return str(Path(uri.removeprefix("file://")).expanduser().resolve())
-
-
-def check_run_id(run_id: str) -> str:
-    """A run id is used in object keys: 1-128 of [A-Za-z0-9._-], starting with a letter or digit."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise JobError(
-            f"run id {run_id!r} is not allowed: use 1-128 letters, digits, '.', '_' or '-', starting with a "
-            "letter or digit (it becomes part of object keys)"
-        )
-    return run_id
 
 
 def _set_path(tree: dict, path: list[str], value: Any) -> None:

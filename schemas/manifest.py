@@ -1,14 +1,18 @@
-"""Per-shard summaries and the run manifest (JSON documents next to the tables).
+"""The small JSON documents beside the tables: shard summaries, shard markers, run summaries, the manifest.
 
-`ShardSummary` is what labelling one shard returns and what `runs/{run_id}/done/shard-N.json`
-holds; it is small on purpose (counts and timings, never keys or bytes), so it can travel through
-Ray and Prefect. `RunManifest` is written once, at commit, to `runs/{run_id}/manifest.json`.
+`ShardSummary` is what labelling one shard returns; it is small on purpose (counts and timings,
+never keys or bytes), so it can travel through Ray and Prefect. `ShardMarker` is the shard's
+`done/shard-N.json`: the attempt that counts, its files and its summary. `RunSummary` is the one
+shape of a run's state, returned by the flow, printed by `fastsam-label run` and `status`, and kept
+in the manifest. `RunManifest` is written once, at commit, to `runs/{run_id}/manifest.json`.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,18 +20,20 @@ from schemas.tables import SCHEMA_VERSION
 
 
 class ShardSummary(BaseModel):
-    """The outcome of one shard.
+    """The outcome of one shard attempt.
 
     Attributes:
         run_id, shard_id: which shard.
+        attempt_id: the attempt that produced it.
         objects: source objects in the shard (= rows written to the images table).
         labelled: objects labelled (status ok).
         masks: rows written to the masks table.
         prompts: rows written to the prompts table.
-        errors_by_kind: failed objects per error kind.
+        errors_by_kind: failed objects per ImageStatus.
         stage_seconds: wall seconds per stage summed over the shard's images
             (read, decode, segment, score) plus write (the shard's table uploads).
         seconds: wall seconds of the whole shard.
+        models: sha256 of every model that labelled rows, by role ("fastsam", "clip").
         worker: host and process that did the work (for diagnosis only; outputs do not depend on it).
     """
 
@@ -35,6 +41,7 @@ class ShardSummary(BaseModel):
 
     run_id: str
     shard_id: int
+    attempt_id: str = ""
     objects: int
     labelled: int
     masks: int
@@ -42,45 +49,189 @@ class ShardSummary(BaseModel):
     errors_by_kind: dict[str, int] = Field(default_factory=dict)
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
+    models: dict[str, list[str]] = Field(default_factory=dict)
     worker: str = ""
 
 
+class TableFile(BaseModel):
+    """One table part of a shard attempt.
+
+    Attributes:
+        key: where it is published (runs/{run_id}/{table}/shard-N.parquet).
+        staged: where the attempt wrote it first (runs/{run_id}/_attempts/{attempt}/...).
+        rows: rows in the part.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    staged: str
+    rows: int
+
+
+class ShardMarker(BaseModel):
+    """`done/shard-N.json`: created once, by the first attempt to finish; it decides which attempt counts.
+
+    Attributes:
+        attempt_id: the attempt whose tables are the shard's.
+        files: its table parts, by table name.
+        summary: its summary.
+        created_at: UTC time the marker was created.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt_id: str
+    files: dict[str, TableFile]
+    summary: ShardSummary
+    created_at: datetime
+
+
+class RunCounts(BaseModel):
+    """Object and row counts of a run.
+
+    Attributes:
+        listed: source objects the listing matched (after the job's filters).
+        skipped: of those, left out because an earlier committed run labelled the same URI and ETag.
+        objects: objects in the shards done so far (= images-table rows).
+        labelled: of those, labelled (status ok).
+        failed: of those, failed (any other status).
+        masks: masks-table rows.
+        prompts: prompts-table rows.
+    """
+
+    listed: int = 0
+    skipped: int = 0
+    objects: int = 0
+    labelled: int = 0
+    failed: int = 0
+    masks: int = 0
+    prompts: int = 0
+
+
+RunState = Literal["running", "incomplete", "failed", "committed"]
+
+
+class RunSummary(BaseModel):
+    """A run's state, counts and timings: the same shape for the flow, the CLI, `status` and the manifest.
+
+    Attributes:
+        run_id: the run.
+        output: URI of the run's folder.
+        state: running (a flow is labelling it), incomplete (stopped before every shard was done),
+            failed (this attempt ended with failed shards), committed (_SUCCESS written).
+        shards_planned, shards_done: shard counts.
+        failed_shards: shard id -> why it failed (this attempt).
+        counts: see RunCounts.
+        errors_by_kind: failed objects per ImageStatus.
+        stage_seconds: wall seconds per stage, summed over images.
+        models: sha256 of every model that labelled rows, by role.
+        seconds: wall seconds of this attempt of the flow; None outside a flow.
+        labelled_now: objects labelled by this attempt (not by an earlier, interrupted one).
+        images_per_second: labelled_now / seconds.
+    """
+
+    run_id: str
+    output: str
+    state: RunState
+    shards_planned: int
+    shards_done: int
+    failed_shards: dict[int, str] = Field(default_factory=dict)
+    counts: RunCounts
+    errors_by_kind: dict[str, int] = Field(default_factory=dict)
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+    models: dict[str, list[str]] = Field(default_factory=dict)
+    seconds: float | None = None
+    labelled_now: int | None = None
+    images_per_second: float | None = None
+
+    @classmethod
+    def of_shards(
+        cls,
+        run_id: str,
+        output: str,
+        state: RunState,
+        shards_planned: int,
+        listed: int,
+        skipped: int,
+        done: Iterable[ShardSummary],
+        **extra: Any,
+    ) -> RunSummary:
+        """Totals over the done shards' summaries."""
+        done = list(done)
+        errors: Counter = Counter()
+        stages: Counter = Counter()
+        models: dict[str, set[str]] = {}
+        for s in done:
+            errors.update(s.errors_by_kind)
+            stages.update(s.stage_seconds)
+            for role, hashes in s.models.items():
+                models.setdefault(role, set()).update(hashes)
+        counts = RunCounts(
+            listed=listed,
+            skipped=skipped,
+            objects=sum(s.objects for s in done),
+            labelled=sum(s.labelled for s in done),
+            failed=sum(errors.values()),
+            masks=sum(s.masks for s in done),
+            prompts=sum(s.prompts for s in done),
+        )
+        return cls(
+            run_id=run_id,
+            output=output,
+            state=state,
+            shards_planned=shards_planned,
+            shards_done=len(done),
+            counts=counts,
+            errors_by_kind=dict(sorted(errors.items())),
+            stage_seconds={k: round(v, 3) for k, v in stages.items()},
+            models={role: sorted(h) for role, h in sorted(models.items())},
+            **extra,
+        )
+
+    def one_line(self) -> str:
+        """The summary as one line for people."""
+        c = self.counts
+        speed = f", {self.images_per_second} images/s" if self.images_per_second is not None else ""
+        return (
+            f"run {self.run_id} {self.state}: {c.objects} objects, {c.labelled} labelled, {c.failed} failed, "
+            f"{c.masks} masks{speed} -> {self.output}"
+        )
+
+
 class ShardState(BaseModel):
-    """A shard in the manifest."""
+    """A shard in the manifest: the attempt that counts and its summary."""
 
     shard_id: int
-    objects: int
-    state: str  # "done" or "failed"
-    summary: ShardSummary | None = None
-    error: str | None = None
+    attempt_id: str
+    summary: ShardSummary
 
 
 class RunManifest(BaseModel):
-    """Everything needed to understand a finished run without reading its tables.
+    """Everything needed to understand a committed run without reading its tables.
 
     Attributes:
         schema_version: of the tables this run wrote.
         run_id: the run.
         job: the validated job, as a dict.
+        fingerprint: what decided the output (see schemas.fingerprint), as in the plan.
         prompts: positive then negative prompts: the order of the CLIP score lists.
-        models: {"fastsam": {"name", "sha256"}, "clip": {"name", "sha256"}}.
-        code_version: the fastsam-label version that ran.
-        shards: every shard and its state.
-        counts: objects, labelled, masks, prompts, failed.
-        errors_by_kind: failed objects per error kind.
-        stage_seconds: summed per-stage seconds over all shards.
+        models: {"fastsam": {"name", "sha256"}, "clip": {"name", "sha256"}}; sha256 lists every hash
+            that labelled rows.
+        code_version: the fastsam-label version that committed it.
+        shards: every shard, with the attempt that counts.
+        summary: the run's summary at commit.
         started_at, finished_at: UTC times.
     """
 
     schema_version: str = SCHEMA_VERSION
     run_id: str
     job: dict[str, Any]
+    fingerprint: dict[str, Any]
     prompts: list[str]
-    models: dict[str, dict[str, str | None]]
+    models: dict[str, dict[str, Any]]
     code_version: str
     shards: list[ShardState]
-    counts: dict[str, int]
-    errors_by_kind: dict[str, int]
-    stage_seconds: dict[str, float]
+    summary: RunSummary
     started_at: datetime
     finished_at: datetime

@@ -4,27 +4,42 @@ Every Parquet file we write carries two metadata keys: `fastsam_label.table` (im
 prompts) and `fastsam_label.schema_version`. Readers call `check_table` to refuse a file they do
 not understand instead of misreading it.
 
-Layout of one run under the output prefix (one file per shard, so a retried shard overwrites):
-    runs/{run_id}/shards/{shard:05d}.parquet        the shard's source objects (key, etag, size)
-    runs/{run_id}/images/shard-{shard:05d}.parquet  IMAGES_SCHEMA
-    runs/{run_id}/masks/shard-{shard:05d}.parquet   MASKS_SCHEMA
-    runs/{run_id}/prompts/shard-{shard:05d}.parquet PROMPTS_SCHEMA (only with a prompt table)
-    runs/{run_id}/done/shard-{shard:05d}.json       written last: the shard is complete
+Each published table part also names the shard attempt that wrote it (`fastsam_label.attempt_id`,
+with `fastsam_label.run_id` and `fastsam_label.shard_id`), in the Parquet footer, so a commit can
+prove that every part is the one its shard's marker chose. Where the files live: `schemas.layout`.
 """
 
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 
 import pyarrow as pa
 
 SCHEMA_VERSION = "1"
 VERSION_KEY = b"fastsam_label.schema_version"
 TABLE_KEY = b"fastsam_label.table"
+#: Footer keys of a published table part: the shard attempt that wrote it.
+ATTEMPT_KEY = b"fastsam_label.attempt_id"
+RUN_KEY = b"fastsam_label.run_id"
+SHARD_KEY = b"fastsam_label.shard_id"
 
-#: Image statuses: "ok", or the kind of failure.
-STATUS_OK = "ok"
-ERROR_KINDS = ("read_error", "decode_error", "too_large", "unsupported", "label_error")
+
+class ImageStatus(StrEnum):
+    """The `status` of an images-table row: ok, or the kind of failure."""
+
+    OK = "ok"
+    READ_ERROR = "read_error"  # the object could not be fetched (after the store's retries)
+    DECODE_ERROR = "decode_error"  # a supported format that does not decode
+    TOO_LARGE = "too_large"  # over limits.max_bytes or limits.max_pixels
+    UNSUPPORTED = "unsupported"  # not an image, or a format we do not read
+    LABEL_ERROR = "label_error"  # segmentation or scoring raised on this image
+    WORKER_LOST = "worker_lost"  # its actor died on it twice (out of memory, a crash in native code)
+
+    @property
+    def retry_later(self) -> bool:
+        """Whether a later incremental run tries the object again (the failure may not repeat)."""
+        return self in (ImageStatus.READ_ERROR, ImageStatus.LABEL_ERROR, ImageStatus.WORKER_LOST)
 
 
 def image_id(uri: str) -> str:
@@ -47,9 +62,9 @@ IMAGES_SCHEMA = _schema(
         pa.field("image_id", pa.string(), nullable=False),  # image_id(uri)
         pa.field("uri", pa.string(), nullable=False),  # s3://bucket/key or file:///abs/path
         pa.field("key", pa.string(), nullable=False),  # relative to the source prefix
-        pa.field("etag", pa.string()),  # S3 ETag (quotes stripped) or local size-mtime tag
-        pa.field("size", pa.int64()),  # bytes, from the listing
-        pa.field("status", pa.string(), nullable=False),  # "ok" or one of ERROR_KINDS
+        pa.field("etag", pa.string()),  # of the bytes read (S3 ETag, quotes stripped; local size-mtime tag)
+        pa.field("size", pa.int64()),  # bytes read (the listing's when the read failed)
+        pa.field("status", pa.string(), nullable=False),  # an ImageStatus
         pa.field("error", pa.string()),  # why it failed, naming the object; null when ok
         pa.field("width", pa.int32()),  # pixels after EXIF orientation; null when not decoded
         pa.field("height", pa.int32()),
@@ -110,7 +125,30 @@ SHARD_SCHEMA = _schema(
     ],
 )
 
-SCHEMAS = {"images": IMAGES_SCHEMA, "masks": MASKS_SCHEMA, "prompts": PROMPTS_SCHEMA, "shard": SHARD_SCHEMA}
+#: One row per object an earlier committed run labelled for good, under {output}/index/.
+INDEX_SCHEMA = _schema(
+    "index",
+    [
+        pa.field("uri", pa.string(), nullable=False),  # the source object's URI (source prefix + key)
+        pa.field("etag", pa.string(), nullable=False),  # the ETag that was read
+        pa.field("run_id", pa.string(), nullable=False),  # the run that labelled it
+    ],
+)
+
+SCHEMAS = {
+    "images": IMAGES_SCHEMA,
+    "masks": MASKS_SCHEMA,
+    "prompts": PROMPTS_SCHEMA,
+    "shard": SHARD_SCHEMA,
+    "index": INDEX_SCHEMA,
+}
+
+
+def with_attempt(table: pa.Table, run_id: str, shard_id: int, attempt_id: str) -> pa.Table:
+    """The table with the attempt that wrote it in its schema metadata (and so in the Parquet footer)."""
+    meta = dict(table.schema.metadata or {})
+    meta.update({ATTEMPT_KEY: attempt_id.encode(), RUN_KEY: run_id.encode(), SHARD_KEY: str(shard_id).encode()})
+    return table.replace_schema_metadata(meta)
 
 
 class SchemaVersionError(ValueError):

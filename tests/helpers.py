@@ -93,3 +93,17 @@ def scene_bytes(seed: int, h: int = 160, w: int = 192, fmt: str = "JPEG") -> byt
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     return buf.getvalue()
+
+
+def plan_for(job, run_id: str, incremental: bool = False):
+    """Preflight and plan a run as the flow does (workers.runs.Plan), without Prefect or Ray."""
+    from schemas.fingerprint import fingerprint
+    from schemas.layout import RunLayout
+    from workers import runs
+    from workers.preflight import preflight
+    from workers.store import open_store
+
+    layout = RunLayout(run_id)
+    checked = preflight(job, layout)
+    source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
+    return runs.plan_run(checked.job, source, output, layout, fingerprint(checked.job, checked.hashes), incremental)

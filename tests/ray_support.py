@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import Job, parse_job
-from tests.helpers import scene_bytes
-from workers.shards import cut, list_source, write_shard_list
+from tests.helpers import plan_for, scene_bytes
 from workers.store import open_store
 
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
@@ -48,12 +47,8 @@ def make_job(endpoint: str, bucket: str, out: str, **compute) -> Job:
 
 
 def plan(job: Job, run_id: str) -> int:
-    """Write the run's shard lists; the number of shards."""
-    source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
-    shards = cut(list_source(source, job.source), job.compute.shard_size)
-    for i, objs in enumerate(shards):
-        write_shard_list(output, run_id, i, objs)
-    return len(shards)
+    """Plan the run as the flow does; the number of shards."""
+    return plan_for(job, run_id).shards
 
 
 def read_table(job: Job, run_id: str, name: str) -> pa.Table:

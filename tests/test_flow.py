@@ -19,10 +19,11 @@ from pycocotools import mask as mask_utils
 from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
 from flows.cli import main
 from flows.label import label_collection
-from schemas import parse_job
+from schemas import RunLayout, parse_job
 from tests.corpus import corpus
-from tests.helpers import scene_bytes
+from tests.helpers import plan_for, scene_bytes
 from workers.decode import decode_image
+from workers.store import LocalStore
 
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
 
@@ -59,7 +60,7 @@ def test_end_to_end_on_loopback_s3(s3_endpoint, bucket, prefect_harness):
         s3.put_object(Bucket=bucket, Key=f"in/{key}", Body=data)
     job = _job(f"s3://{bucket}/in", f"s3://{bucket}/out", storage={"endpoint_url": s3_endpoint})
     summary = label_collection(job=job, run_id="e2e")
-    assert summary["state"] == "done" and summary["shards"]["done"] == summary["shards"]["planned"] == 4
+    assert summary["state"] == "committed" and summary["shards_done"] == summary["shards_planned"] == 4
     assert summary["counts"]["objects"] == len(objects) and summary["counts"]["labelled"] == 10
 
     def read(name):
@@ -89,12 +90,22 @@ def test_end_to_end_on_loopback_s3(s3_endpoint, bucket, prefect_harness):
             compared += 1
     assert compared > 20
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="out/runs/e2e/manifest.json")["Body"].read())
-    assert manifest["counts"]["objects"] == len(objects) and len(manifest["shards"]) == 4
-    assert manifest["models"]["fastsam"]["sha256"] == images[0]["model_sha256"]
+    assert manifest["summary"]["counts"] == summary["counts"] and len(manifest["shards"]) == 4
+    assert manifest["models"]["fastsam"]["sha256"] == [images[0]["model_sha256"]]
+    assert [s["attempt_id"] for s in manifest["shards"]] == [s["summary"]["attempt_id"] for s in manifest["shards"]]
     s3.head_object(Bucket=bucket, Key="out/runs/e2e/_SUCCESS")
-    # Running the same run id again labels nothing and gives the same summary counts.
+    leftovers = s3.list_objects_v2(Bucket=bucket, Prefix="out/runs/e2e/_attempts/").get("Contents", [])
+    assert leftovers == []  # every attempt's staged copies are gone once committed
+    # Running the same run id again labels nothing, changes nothing and gives the same summary counts.
+    before = sorted(
+        (o["Key"], o["ETag"]) for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/runs/e2e/")["Contents"]
+    )
     again = label_collection(job=job, run_id="e2e")
-    assert again["counts"] == summary["counts"] and again["shards"]["done"] == 4
+    after = sorted((o["Key"], o["ETag"]) for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/runs/e2e/")["Contents"])
+    assert again["counts"] == summary["counts"] and again["shards_done"] == 4
+    assert [k for k, _ in after if not k.startswith("out/runs/e2e/lease/")] == [
+        k for k, _ in before if not k.startswith("out/runs/e2e/lease/")
+    ]
     assert summary["labelled_now"] == len(objects) and again["labelled_now"] == 0
 
 
@@ -111,11 +122,11 @@ def test_incremental_run_labels_only_new_and_changed(tmp_path, prefect_harness):
     time.sleep(0.01)
     (src / "2.jpg").write_bytes(scene_bytes(20))  # changed content: new size and mtime, so a new ETag
     second = label_collection(job=job, run_id="day-2", incremental=True)
-    assert second["counts"]["objects"] == 3 and second["counts"]["skipped_unchanged"] == 5
+    assert second["counts"]["objects"] == 3 and second["counts"]["skipped"] == 5
     keys = sorted(_table(str(tmp_path / "out/runs/day-2"), "images")["key"].to_pylist())
     assert keys == ["2.jpg", "6.jpg", "7.jpg"]
     third = label_collection(job=job, run_id="day-3", incremental=True)
-    assert third["counts"]["objects"] == 0 and third["counts"]["skipped_unchanged"] == 8
+    assert third["counts"]["objects"] == 0 and third["counts"]["skipped"] == 8
 
 
 def _rows(root: Path, name: str) -> list[dict]:
@@ -145,7 +156,7 @@ def test_resume_after_the_flow_process_is_killed(tmp_path, prefect_harness):
     assert 2 <= len(before) < 12
     job = yaml.safe_load(job_file.read_text())
     resumed = label_collection(job=job, run_id="killed")
-    assert resumed["shards"]["done"] == 12 and resumed["state"] == "done"
+    assert resumed["shards_done"] == 12 and resumed["state"] == "committed"
     for name, data in before.items():  # shards finished before the kill were not labelled again
         assert (done_dir / name).read_bytes() == data
     label_collection(job=job, run_id="clean")
@@ -168,34 +179,36 @@ def test_cli_exit_codes_and_status(tmp_path, prefect_harness, capsys):
     assert main(["status", "nope", "--output", str(tmp_path / "o")]) == 2
 
 
-def test_a_failed_shard_blocks_the_commit_until_a_rerun_completes(tmp_path, prefect_harness, monkeypatch):
+def test_a_failed_shard_is_labelled_once_and_blocks_the_commit(tmp_path, prefect_harness, monkeypatch):
     import flows.label as label_flow
-    from workers.shards import shard_list_key
+    from workers.pool import LabelerPool
 
     src = tmp_path / "src"
     src.mkdir()
     for i in range(6):
         (src / f"{i}.jpg").write_bytes(scene_bytes(i))
     job = _job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})
-    monkeypatch.setattr(label_flow, "label_shard_task", label_flow.label_shard_task.with_options(retries=0))
-    from workers.runs import plan_run
-    from workers.store import LocalStore
-
     spec = parse_job(job, environ={})
-    out, source = LocalStore(tmp_path / "out"), LocalStore(src)
-    plan_run(spec, source, out, "broken")
-    good = out.get(shard_list_key("broken", 1))
-    out.put(shard_list_key("broken", 1), b"not parquet")  # shard 1 cannot be read
-    with pytest.raises(label_flow.RunFailedError, match=r"shards \[1\] failed.*same run id to resume"):
+    plan_for(spec, "broken")
+    out, layout = LocalStore(tmp_path / "out"), RunLayout("broken")
+    good = out.get(layout.shard_list(1))
+    out.put(layout.shard_list(1), b"not parquet")  # shard 1 cannot be read: the same error on every try
+    calls: list[int] = []
+    real = LabelerPool.label
+    monkeypatch.setattr(LabelerPool, "label", lambda self, run, shard: calls.append(shard) or real(self, run, shard))
+    failed = r"1 shard\(s\) failed \(shard 1: TableError: .*shard-00001\.parquet is not a readable shard table"
+    with pytest.raises(label_flow.RunFailedError, match=failed + r".*--run-id broken to resume"):
         label_collection(job=job, run_id="broken")
+    assert sorted(calls) == [0, 1, 2]  # the deterministic failure was not retried
     assert not (tmp_path / "out/runs/broken/_SUCCESS").exists()
     assert sorted(p.name for p in (tmp_path / "out/runs/broken/done").iterdir()) == [
         "shard-00000.json",
         "shard-00002.json",
     ]
-    out.put(shard_list_key("broken", 1), good)
+    out.put(layout.shard_list(1), good)
     resumed = label_collection(job=job, run_id="broken")
-    assert resumed["state"] == "done" and resumed["counts"]["objects"] == 6
+    assert resumed["state"] == "committed" and resumed["counts"]["objects"] == 6
+    assert sorted(calls) == [0, 1, 1, 2]  # the resume labelled only the shard that was not done
     assert (tmp_path / "out/runs/broken/_SUCCESS").exists()
 
 

@@ -4,7 +4,7 @@ from contextlib import nullcontext as does_not_raise
 import pytest
 import yaml
 
-from schemas import Job, JobError, check_run_id, load_job, parse_job
+from schemas import Job, JobError, load_job, parse_job
 
 BASE = {"source": {"uri": "s3://bucket/images"}, "output": "s3://bucket/labels"}
 
@@ -100,12 +100,3 @@ def test_source_filter():
     assert job.source.extensions == (".jpg", ".png")
     assert job.source.wants("cams/a/x.JPG") and job.source.wants("cams/y.png")
     assert not job.source.wants("other/x.jpg") and not job.source.wants("cams/x.gif")
-
-
-@pytest.mark.parametrize("run_id, ok", [("2026-11-21T03.00", True), ("a", True), ("../x", False), ("", False)])
-def test_run_id(run_id, ok):
-    if ok:
-        assert check_run_id(run_id) == run_id
-    else:
-        with pytest.raises(JobError, match="letters, digits"):
-            check_run_id(run_id)

@@ -11,17 +11,22 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
-from schemas import check_table, parse_job
+from schemas import RunLayout, check_table, parse_job
 from tests.corpus import MAX_BYTES, corpus
+from tests.helpers import scene_bytes
+from workers import commit
 from workers.decode import decode_image
-from workers.labeler import Labeler, read_ahead
-from workers.shards import cut, list_source, read_shard_list, shard_summary, write_shard_list
+from workers.labeler import Labeler
+from workers.readahead import ShapeBatcher, read_ahead
+from workers.shards import cut, list_source, read_shard_list, write_shard_list
 from workers.store import open_store
 
 RUN = "run-1"
+LAYOUT = RunLayout(RUN)
 PROMPTS = ["red", "blue", "green"]
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
 GONE = "bad/gone before read.jpg"
+CHANGED = "good/scene.bmp"  # replaced after planning: the row records what was read
 
 
 def _table(client, bucket, key, name):
@@ -76,8 +81,9 @@ def labelled(s3_endpoint):
     source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
     shards = cut(list_source(source, job.source), job.compute.shard_size)
     for i, objs in enumerate(shards):
-        write_shard_list(output, RUN, i, objs)
+        write_shard_list(output, LAYOUT, i, objs)
     client.delete_object(Bucket=bucket, Key=f"src/{GONE}")
+    client.put_object(Bucket=bucket, Key=f"src/{CHANGED}", Body=scene_bytes(77, fmt="BMP"))
     labeler = Labeler(job)
     summaries = [labeler.label_shard(RUN, i) for i in range(len(shards))]
     expected = {k: s for k, (_, s) in objects.items()} | {GONE: "read_error"}
@@ -91,6 +97,7 @@ def labelled(s3_endpoint):
         "images": _read_all(client, bucket, "images"),
         "masks": _read_all(client, bucket, "masks"),
         "prompts": _read_all(client, bucket, "prompts"),
+        "listed": {o.key: o for objs in shards for o in objs},
     }
 
 
@@ -118,6 +125,17 @@ def test_every_object_once_with_the_right_status(labelled):
         for k, v in x.errors_by_kind.items():
             errors[k] = errors.get(k, 0) + v
     assert errors == {"decode_error": 3, "unsupported": 2, "too_large": 2, "read_error": 1}
+
+
+def test_rows_record_the_etag_and_size_that_were_read(labelled):
+    client, bucket = labelled["client"], labelled["bucket"]
+    by_key = {r["key"]: r for r in labelled["images"].to_pylist()}
+    now = client.head_object(Bucket=bucket, Key=f"src/{CHANGED}")
+    listed = labelled["listed"][CHANGED]
+    assert now["ETag"].strip('"') != listed.etag  # replaced after the plan listed it
+    assert (by_key[CHANGED]["etag"], by_key[CHANGED]["size"]) == (now["ETag"].strip('"'), now["ContentLength"])
+    gone = labelled["listed"][GONE]  # never read: the listing's values stay
+    assert (by_key[GONE]["etag"], by_key[GONE]["size"]) == (gone.etag, gone.size)
 
 
 def test_rles_equal_fastsam_core_run_directly(labelled):
@@ -188,20 +206,15 @@ def test_sidecar_prompts_record_what_they_selected(labelled):
     assert bg_only["mask_ids"] == [] and bg_only["rle_counts"] is None
 
 
-def test_a_retried_shard_overwrites_instead_of_duplicating(labelled):
+def test_a_repeated_shard_writes_nothing_and_returns_the_done_summary(labelled):
     client, bucket = labelled["client"], labelled["bucket"]
 
     def listing():
-        return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
+        return sorted((o["Key"], o["ETag"]) for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"])
 
-    before_keys = listing()
-    before = _table(client, bucket, f"out/runs/{RUN}/masks/shard-00001.parquet", "masks")
-    before_images = _table(client, bucket, f"out/runs/{RUN}/images/shard-00001.parquet", "images")
-    labelled["labeler"].label_shard(RUN, 1)
-    assert listing() == before_keys
-    assert _table(client, bucket, f"out/runs/{RUN}/masks/shard-00001.parquet", "masks").equals(before)
-    after_images = _table(client, bucket, f"out/runs/{RUN}/images/shard-00001.parquet", "images")
-    assert after_images.drop_columns(TIMING).equals(before_images.drop_columns(TIMING))
+    before = listing()
+    assert labelled["labeler"].label_shard(RUN, 1) == labelled["summaries"][1]
+    assert listing() == before
 
 
 def test_outputs_stay_under_the_output_prefix(labelled):
@@ -210,17 +223,20 @@ def test_outputs_stay_under_the_output_prefix(labelled):
     written = [k for k in keys if not k.startswith("src/") and k != "prompts.jsonl"]
     assert written and all(k.startswith(f"out/runs/{RUN}/") for k in written)
     n = len(labelled["summaries"])
-    for kind in ("images", "masks", "prompts", "shards"):
+    for kind in ("images", "masks", "prompts", "shards", "done"):
         assert sum(k.startswith(f"out/runs/{RUN}/{kind}/") for k in written) == n
     output = open_store(labelled["job"].output, labelled["job"].storage)
-    assert shard_summary(output, RUN, 0) == labelled["summaries"][0]
-    assert shard_summary(output, RUN, 99) is None
+    marker = commit.read_marker(output, LAYOUT, 0)
+    assert marker.summary == labelled["summaries"][0] and marker.attempt_id == marker.summary.attempt_id
+    for name, f in marker.files.items():  # published, and the footer names the marker's attempt
+        assert f.key == LAYOUT.table(name, 0) and commit.published_attempt(output, f.key) == marker.attempt_id
+    assert commit.read_marker(output, LAYOUT, 99) is None
 
 
 def test_a_failing_image_becomes_a_label_error_row(labelled, monkeypatch):
     labeler = labelled["labeler"]
     output = labeler.output
-    objs = read_shard_list(output, RUN, 2)
+    objs = read_shard_list(output, LAYOUT, 2)
     real = labeler.segmenter
 
     class Flaky:
@@ -230,7 +246,7 @@ def test_a_failing_image_becomes_a_label_error_row(labelled, monkeypatch):
             return real(images)
 
     monkeypatch.setattr(labeler, "segmenter", Flaky())
-    results = labeler.label_objects(objs)
+    results = labeler.label_results(objs)
     assert [r.key for r in results] == [o.key for o in objs]
     statuses = {r.key: r.status for r in results}
     assert statuses.pop("modes/exif rotated.jpg") == "label_error"
@@ -264,7 +280,8 @@ def test_read_ahead_keeps_order_and_bounds_the_queue():
 
     started = []
 
-    def work(x):
+    def work(i, x):
+        assert i == x
         started.append(x)
         return x * x
 
@@ -276,8 +293,6 @@ def test_read_ahead_keeps_order_and_bounds_the_queue():
 
 
 def test_shape_batcher_batches_equal_shapes_and_bounds_waiting():
-    from workers.labeler import ShapeBatcher
-
     b = ShapeBatcher(batch_size=2, max_waiting=3)
     assert b.add("a1", (10, 10, 3)) == []
     assert b.add("b1", (20, 10, 3)) == []

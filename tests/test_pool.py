@@ -3,6 +3,7 @@
 import pytest
 
 from tests.ray_support import first_read, make_job, map_in_background, plan, read_table, upload_scenes
+from workers.cluster import private_cluster
 from workers.labeler import Labeler
 from workers.pool import LabelerPool, ShardError
 
@@ -11,10 +12,9 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint):
-    """A local Ray cluster; started after the S3 fixture so its workers inherit the credentials."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING")
-    yield
-    ray.shutdown()
+    """A private local Ray cluster; started after the S3 fixture so its workers inherit the credentials."""
+    with private_cluster(num_cpus=2):
+        yield
 
 
 @pytest.fixture(scope="module")

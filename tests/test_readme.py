@@ -1,12 +1,15 @@
 """The README's code for reading results runs on real output tables (pyarrow, polars, duckdb)."""
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas import parse_job
+from schemas import RunLayout, parse_job
 from tests.helpers import scene_bytes
 from tests.ray_support import plan
 from workers.labeler import Labeler
+from workers.runs import commit_run
+from workers.store import open_store
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -32,10 +35,14 @@ def test_reading_the_results_snippet(tmp_path, capsys):
         },
         environ={},
     )
+    labeler = Labeler(job)
     for i in range(plan(job, "r")):
-        Labeler(job).label_shard("r", i)
+        labeler.label_shard("r", i)
+    labeler.label_shard("r", 0)  # a repeated attempt changes nothing
+    manifest = commit_run(job, open_store(job.output), RunLayout("r"), "test", datetime.now(UTC))
     scope = {"RUN": str(tmp_path / "out/runs/r")}
     exec(_block_after("### Reading the results"), scope)
+    assert scope["masks"].num_rows == manifest.summary.counts.masks  # each mask once, from the counted attempt
     assert scope["m"].shape == (160, 192) and scope["m"].sum() == scope["row"]["area"]
     assert scope["per_label"]["masks"].sum() == scope["masks"].num_rows
     assert scope["failed"]["status"].to_list() == ["decode_error"]

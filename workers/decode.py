@@ -3,8 +3,12 @@
 Formats: JPEG (and MPO), PNG, WebP, BMP, TIFF, GIF; the first frame or page of multi-frame files.
 EXIF orientation is applied, so pixel coordinates match what viewers show. Grayscale, 1-bit,
 palette, CMYK, YCbCr and 16-bit images become RGB uint8 (16-bit keeps the high byte); images with
-transparency are composited over white, as viewers show them. The pixel limit is checked on the
-header, before any pixel is decoded, so decompression bombs cost nothing.
+transparency are composited over white, as viewers show them, in uint8 a strip of rows at a time.
+The pixel limit is checked on the header, before any pixel is decoded, so decompression bombs cost
+nothing; Pillow's own bomb guard is replaced by that check, so `limits.max_pixels` alone decides.
+
+Memory: the decoded image in Pillow plus the RGB array (about 7 bytes per pixel for RGBA, 6 for
+RGB), and a `PixelHold` lets the caller bound how many pixels are decoded at once.
 
 Failures raise `ImageError` with a `kind`:
     unsupported   not an image, or a format we do not read
@@ -17,11 +21,17 @@ from __future__ import annotations
 
 import io
 import sys
-import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from workers.readahead import PixelHold
+
+#: Pixels per strip when compositing transparency (bounds the temporaries to ~30 MB).
+_STRIP_PIXELS = 1 << 22
 
 #: PIL format names we label.
 SUPPORTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "DIB", "TIFF", "GIF"})
@@ -73,33 +83,47 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(g[..., None], 3, axis=2))
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
     if has_alpha:
-        a = np.asarray(im.convert("RGBA"), dtype=np.uint16)
-        rgb, alpha = a[..., :3], a[..., 3:]
-        # Over white: (c * a + 255 * (255 - a)) / 255, rounded.
-        return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
-    return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+        return _over_white(im if mode == "RGBA" else im.convert("RGBA"))
+    return np.ascontiguousarray(np.asarray(im if mode == "RGB" else im.convert("RGB")))
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> DecodedImage:
+def _over_white(rgba: Image.Image) -> np.ndarray:
+    """An RGBA image composited over white, (H, W, 3) uint8.
+
+    Pillow's masked paste blends in uint8 with exact rounding, (c * a + 255 * (255 - a)) / 255,
+    and a strip of rows at a time keeps the temporaries small.
+    """
+    w, h = rgba.size
+    out = np.empty((h, w, 3), np.uint8)
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    for y in range(0, h, rows):
+        strip = rgba.crop((0, y, w, min(y + rows, h)))
+        canvas = Image.new("RGB", strip.size, (255, 255, 255))
+        canvas.paste(strip, mask=strip.getchannel("A"))
+        out[y : y + strip.height] = np.asarray(canvas)
+    return out
+
+
+def decode_image(data: bytes, name: str, max_pixels: int, hold: PixelHold | None = None) -> DecodedImage:
     """Decode one image.
 
     Args:
         data: the object's bytes.
         name: the object's URI or key, used in error messages.
         max_pixels: refuse images with more than this many pixels (width x height).
+        hold: reserves width x height pixels after the header is read and before decoding (it may
+            wait); the caller releases it.
 
     Raises:
         ImageError: with kind unsupported, decode_error or too_large and a message naming `name`.
     """
     if not data:
         raise ImageError("decode_error", f"{name} is empty (0 bytes); re-upload the file")
+    # Pillow refuses images over twice its own limit while opening them, before `max_pixels` can be
+    # checked; the header check below replaces its guard.
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = _pil_open()(io.BytesIO(data))
-    except Image.DecompressionBombError as e:  # PIL's own guard, at twice its default limit
-        limit = f"over the pixel limit of {max_pixels} (limits.max_pixels)"
-        raise ImageError("too_large", f"{name} is {limit}: {e}") from None
+        im = _pil_open()(io.BytesIO(data))
     except Image.UnidentifiedImageError:
         head = data[:16]
         raise ImageError(
@@ -126,12 +150,12 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> DecodedImage:
         if w == 0 or h == 0:
             raise ImageError("decode_error", f"{name} has no pixels ({w}x{h})")
         frames = int(getattr(im, "n_frames", 1) or 1)
+        if hold is not None:
+            hold.take(w * h)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im.load()
-                oriented = ImageOps.exif_transpose(im)
-                rgb = _to_rgb(oriented)
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            rgb = _to_rgb(im)
         except Exception as e:  # truncated data, corrupt chunks, bad EXIF, ...
             raise ImageError("decode_error", f"{name}: {fmt} data does not decode: {type(e).__name__}: {e}") from None
     return DecodedImage(rgb=rgb, frames=frames, format=fmt)

@@ -4,9 +4,9 @@ A plain class with no Ray import: call it directly in tests and scripts, wrap it
 (`workers.pool`), or hand it to Ray Data's `map_batches`.
 
 Inside a shard, a bounded thread pool reads and decodes up to `compute.prefetch` images ahead of
-the model; the model runs on batches of `compute.batch_size`; masks are RLE from the start (dense
-masks never pile up); each mask is scored against every prompt; then the shard's tables are
-written under keys fixed by (run id, shard id), and the completion marker last.
+the model, within `compute.read_ahead_pixels` decoded pixels; the model runs on batches of
+`compute.batch_size`; masks are RLE from the start (dense masks never pile up); each mask is
+scored against every prompt; then the shard attempt's tables are committed (workers.commit).
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import math
 import os
 import socket
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -44,71 +42,22 @@ from fastsam_core import (
 )
 from fastsam_core import rle as rle_utils
 from fastsam_core.prompts import box_iou
-from schemas.job import Job, check_run_id
+from schemas.job import Job
+from schemas.layout import RunLayout
 from schemas.manifest import ShardSummary
-from schemas.tables import STATUS_OK, image_id
-from workers import rows
+from schemas.tables import ImageStatus, image_id
+from workers import commit, rows
 from workers.decode import ImageError, decode_image
-from workers.shards import done_key, parquet_bytes, read_shard_list, table_key
+from workers.readahead import PixelBudget, PixelHold, ShapeBatcher, read_ahead
+from workers.shards import read_shard_list
 from workers.sidecar import ImagePrompt, load_prompt_table
 from workers.store import ObjectInfo, ObjectStore, ObjectTooLargeError, StoreError, display_key, open_store
 from workers.weights import resolve_weights
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-_END = object()
-R = TypeVar("R")
 
 #: Errors that mean the worker, not the image, is in trouble: the shard fails and is retried.
 FATAL = (MemoryError, torch.cuda.OutOfMemoryError)
-
-
-def read_ahead(pool: Executor, fn: Callable[[T], R], items: Iterable[T], depth: int) -> Iterator[R]:
-    """fn(item) for each item, in order, computed up to `depth` items ahead in `pool`."""
-    it = iter(items)
-    queue = deque(pool.submit(fn, x) for _, x in zip(range(depth), it, strict=False))
-    while queue:
-        fut = queue.popleft()
-        nxt = next(it, _END)
-        if nxt is not _END:
-            queue.append(pool.submit(fn, nxt))
-        yield fut.result()
-
-
-class ShapeBatcher:
-    """Groups items into model batches of images of one shape.
-
-    Ultralytics letterboxes a batch of one shape to the smallest stride-multiple rectangle, but a
-    batch of mixed shapes to a square, so an image's masks would depend on its batch neighbours.
-    Batching only equal shapes makes every image's output equal to labelling it alone.
-    """
-
-    def __init__(self, batch_size: int, max_waiting: int):
-        """Args: batch_size: items per batch; max_waiting: most items held back in partial batches."""
-        self.batch_size = batch_size
-        self.max_waiting = max(max_waiting, 1)
-        self._groups: dict[tuple, list] = {}
-        self._waiting = 0
-
-    def add(self, item: T, shape: tuple) -> list[list[T]]:
-        """Add an item; returns the batches that are ready (full, or the largest when too many wait)."""
-        group = self._groups.setdefault(tuple(shape), [])
-        group.append(item)
-        self._waiting += 1
-        if len(group) >= self.batch_size:
-            return [self._pop(tuple(shape))]
-        if self._waiting > self.max_waiting:
-            return [self._pop(max(self._groups, key=lambda k: len(self._groups[k])))]
-        return []
-
-    def flush(self) -> list[list[T]]:
-        """Every partial batch still waiting."""
-        return [self._pop(k) for k in list(self._groups)]
-
-    def _pop(self, key: tuple) -> list:
-        group = self._groups.pop(key)
-        self._waiting -= len(group)
-        return group
 
 
 def _ms(t0: float) -> float:
@@ -163,45 +112,52 @@ class Labeler:
     # -- one shard ------------------------------------------------------------------------------
 
     def label_shard(self, run_id: str, shard_id: int) -> ShardSummary:
-        """Label one planned shard and write its tables; safe to repeat (outputs are overwritten).
+        """Label one planned shard as a new attempt and commit it; returns the summary that counts.
 
-        Reads `runs/{run_id}/shards/shard-NNNNN.parquet` from the output store, writes the images,
-        masks (and prompts) tables for the shard, then the completion marker with the summary.
+        Reads `runs/{run_id}/shards/shard-NNNNN.parquet` from the output store. When the shard is
+        already done (a late or repeated dispatch) nothing is labelled or written and the done
+        attempt's summary is returned; see workers.commit for how attempts race.
         """
-        check_run_id(run_id)
+        layout = RunLayout(run_id)
+        done = commit.read_marker(self.output, layout, shard_id)
+        if done is not None:
+            return done.summary
         t0 = time.perf_counter()
-        objects = read_shard_list(self.output, run_id, shard_id)
-        results = self.label_objects(objects)
-        t_write = time.perf_counter()
-        self.output.put(
-            table_key(run_id, "images", shard_id),
-            parquet_bytes(rows.images_table(results, run_id, shard_id, self.model.sha256, self.clip_name)),
-        )
-        self.output.put(
-            table_key(run_id, "masks", shard_id), parquet_bytes(rows.masks_table(results, run_id, self.job.all_prompts))
-        )
-        n_prompts = 0
-        if self.job.prompt_table:
-            prompts = rows.prompts_table(results, run_id)
-            n_prompts = prompts.num_rows
-            self.output.put(table_key(run_id, "prompts", shard_id), parquet_bytes(prompts))
-        write_s = time.perf_counter() - t_write
+        attempt_id = commit.new_attempt_id()
+        part = self.label_objects(layout, shard_id, read_shard_list(self.output, layout, shard_id))
+        return commit.commit_part(self.output, layout, shard_id, attempt_id, part, t0)
+
+    def label_part(self, run_id: str, shard_id: int, start: int, stop: int) -> rows.ShardPart:
+        """Label objects [start, stop) of a planned shard and return their tables; nothing is written.
+
+        The pool uses parts to find an object that kills its actor (workers.pool).
+        """
+        layout = RunLayout(run_id)
+        objects = read_shard_list(self.output, layout, shard_id)
+        return self.label_objects(layout, shard_id, objects[start:stop])
+
+    def label_objects(self, layout: RunLayout, shard_id: int, objects: Sequence[ObjectInfo]) -> rows.ShardPart:
+        """Read, decode and label source objects into a shard part; one images row per object, in order."""
+        results = self.label_results(objects)
         stage_s = {s: sum(r.ms.get(s, 0.0) for r in results) / 1000 for s in rows.STAGES}
-        summary = ShardSummary(
-            run_id=run_id,
-            shard_id=shard_id,
-            objects=len(results),
-            labelled=sum(r.status == STATUS_OK for r in results),
-            masks=sum(len(r.masks) for r in results if r.status == STATUS_OK and r.masks is not None),
-            prompts=n_prompts,
-            errors_by_kind=dict(Counter(r.status for r in results if r.status != STATUS_OK)),
-            stage_seconds={**stage_s, "write": write_s},
-            seconds=time.perf_counter() - t0,
+        prompts = rows.prompts_table(results, layout.run_id) if self.job.prompt_table else None
+        return rows.ShardPart(
+            images=rows.images_table(results, layout.run_id, shard_id, self.model.sha256, self.clip_name),
+            masks=rows.masks_table(results, layout.run_id, self.job.all_prompts),
+            prompts=prompts,
+            stage_seconds=stage_s,
+            models=self.models,
             worker=self.worker,
         )
-        self.output.put(done_key(run_id, shard_id), summary.model_dump_json().encode())
-        log.info("shard %d of %s: %d objects, %d masks", shard_id, run_id, summary.objects, summary.masks)
-        return summary
+
+    @property
+    def models(self) -> dict[str, list[str]]:
+        """sha256 of the loaded models by role (the CLIP stand-in has none)."""
+        out = {"fastsam": [self.model.sha256]}
+        clip_sha = getattr(self.embedder, "sha256", None)
+        if clip_sha:
+            out["clip"] = [clip_sha]
+        return out
 
     @contextlib.contextmanager
     def _threads(self) -> Iterator[None]:
@@ -220,73 +176,89 @@ class Labeler:
         finally:
             torch.set_num_threads(before)
 
-    def label_objects(self, objects: Sequence[ObjectInfo]) -> list[rows.ImageResult]:
+    def label_results(self, objects: Sequence[ObjectInfo]) -> list[rows.ImageResult]:
         """Read, decode and label source objects; one result per object, in order, failures included."""
         with self._threads():
-            return self._label_objects(objects)
+            return self._label_results(objects)
 
-    def _label_objects(self, objects: Sequence[ObjectInfo]) -> list[rows.ImageResult]:
+    def _label_results(self, objects: Sequence[ObjectInfo]) -> list[rows.ImageResult]:
         c = self.job.compute
         results: list[rows.ImageResult] = []
         batcher = ShapeBatcher(c.batch_size, max_waiting=c.prefetch)
+        budget = PixelBudget(c.read_ahead_pixels)
         with ThreadPoolExecutor(c.read_threads, thread_name_prefix="fastsam-read") as pool:
-            for res, rgb in read_ahead(pool, self._load, objects, c.prefetch):
+            loads = read_ahead(pool, lambda i, obj: self._load(obj, budget.hold(i)), objects, c.prefetch, budget.head)
+            for res, rgb, hold in loads:
                 results.append(res)
                 if rgb is not None:
-                    for batch in batcher.add((res, rgb), rgb.shape):
+                    for batch in batcher.add((res, rgb, hold), rgb.shape):
                         self._label_batch(batch)
             for batch in batcher.flush():
                 self._label_batch(batch)
         return results
 
-    def _load(self, obj: ObjectInfo) -> tuple[rows.ImageResult, np.ndarray | None]:
+    def _load(self, obj: ObjectInfo, hold: PixelHold) -> tuple[rows.ImageResult, np.ndarray | None, PixelHold]:
         uri = self.source.uri_of(obj.key)
         res = rows.ImageResult(key=obj.key, uri=uri, image_id=image_id(uri), etag=obj.etag, size=obj.size)
         t0 = time.perf_counter()
         try:
-            data = self.source.get(obj.key, max_bytes=self.job.limits.max_bytes)
+            data, got = self.source.read(obj.key, max_bytes=self.job.limits.max_bytes)
         except ObjectTooLargeError as e:
-            return self._fail(res, "too_large", str(e)), None
+            return self._fail(res, ImageStatus.TOO_LARGE, str(e)), None, hold
         except StoreError as e:
-            return self._fail(res, "read_error", str(e)), None
+            return self._fail(res, ImageStatus.READ_ERROR, str(e)), None, hold
         except Exception as e:  # any failure to fetch is recorded, and the shard goes on
-            return self._fail(res, "read_error", f"{display_key(uri)}: {type(e).__name__}: {e}"), None
+            return self._fail(res, ImageStatus.READ_ERROR, f"{display_key(uri)}: {type(e).__name__}: {e}"), None, hold
+        res.etag, res.size = got.etag, got.size  # what was read, not what the listing said
         res.ms["read"] = _ms(t0)
-        return self._decode(res, data)
+        return (*self._decode(res, data, hold), hold)
 
-    def _decode(self, res: rows.ImageResult, data: bytes) -> tuple[rows.ImageResult, np.ndarray | None]:
+    def _decode(
+        self, res: rows.ImageResult, data: bytes, hold: PixelHold | None = None
+    ) -> tuple[rows.ImageResult, np.ndarray | None]:
         t0 = time.perf_counter()
         try:
-            img = decode_image(data, display_key(res.uri), self.job.limits.max_pixels)
+            img = decode_image(data, display_key(res.uri), self.job.limits.max_pixels, hold)
         except ImageError as e:
-            return self._fail(res, e.kind, str(e)), None
+            if hold is not None:
+                hold.release()
+            return self._fail(res, ImageStatus(e.kind), str(e)), None
         res.ms["decode"] = _ms(t0)
         res.height, res.width = img.rgb.shape[:2]
         res.frames = img.frames
         return res, img.rgb
 
     @staticmethod
-    def _fail(res: rows.ImageResult, kind: str, message: str) -> rows.ImageResult:
+    def _fail(res: rows.ImageResult, kind: ImageStatus, message: str) -> rows.ImageResult:
         res.status, res.error = kind, message
-        log.warning("%s: %s", kind, message)
+        log.info("%s: %s", kind, message)
         return res
 
-    def _label_batch(self, pending: list[tuple[rows.ImageResult, np.ndarray]]) -> None:
+    def _label_batch(self, pending: list[tuple[rows.ImageResult, np.ndarray, PixelHold | None]]) -> None:
+        try:
+            self._segment_and_score(pending)
+        finally:
+            for _, _, hold in pending:
+                if hold is not None:
+                    hold.release()
+
+    def _segment_and_score(self, pending: list[tuple[rows.ImageResult, np.ndarray, PixelHold | None]]) -> None:
         t0 = time.perf_counter()
         try:
-            batches = self.segmenter([rgb for _, rgb in pending])
+            batches = self.segmenter([rgb for _, rgb, _ in pending])
         except FATAL:
             raise
         except Exception as e:  # find the image that breaks the batch, label the rest
             if len(pending) > 1:
                 for p in pending:
-                    self._label_batch([p])
+                    self._segment_and_score([p])
                 return
             res = pending[0][0]
-            self._fail(res, "label_error", f"{display_key(res.uri)}: segmentation failed: {type(e).__name__}: {e}")
+            message = f"{display_key(res.uri)}: segmentation failed: {type(e).__name__}: {e}"
+            self._fail(res, ImageStatus.LABEL_ERROR, message)
             return
         seg_ms = _ms(t0) / len(pending)
-        for (res, rgb), mb in zip(pending, batches, strict=True):
+        for (res, rgb, _), mb in zip(pending, batches, strict=True):
             res.ms["segment"] = seg_ms
             t1 = time.perf_counter()
             try:
@@ -296,7 +268,8 @@ class Labeler:
                 raise
             except Exception as e:  # one bad image does not stop the shard
                 res.masks = None
-                self._fail(res, "label_error", f"{display_key(res.uri)}: scoring failed: {type(e).__name__}: {e}")
+                message = f"{display_key(res.uri)}: scoring failed: {type(e).__name__}: {e}"
+                self._fail(res, ImageStatus.LABEL_ERROR, message)
                 continue
             res.ms["score"] = _ms(t1)
 
@@ -378,9 +351,9 @@ class Labeler:
             else:
                 loaded.append((res, _as_rgb(batch["image"][i], res)))
         batcher = ShapeBatcher(self.job.compute.batch_size, max_waiting=n)
-        for item in loaded:
-            if item[1] is not None:
-                for ready in batcher.add(item, item[1].shape):
+        for res, rgb in loaded:
+            if rgb is not None:
+                for ready in batcher.add((res, rgb, None), rgb.shape):
                     self._label_batch(ready)
         for ready in batcher.flush():
             self._label_batch(ready)

@@ -6,16 +6,19 @@ waits for an idle actor, so at most one shard per actor is in flight however man
 are (Prefect tasks, `map`'s threads). Actors are placed with the SPREAD strategy, one per node
 where possible.
 
-When an actor dies (its process or node is lost), Ray restarts it (`max_restarts=-1`) and the
-shard it held goes to the next idle actor. Shard outputs are keyed by (run id, shard id) and
-deterministic, so a shard labelled twice (a lost actor that had in fact finished) leaves one
-copy of the same rows, whichever actor did the work.
+Retries live here for actor deaths only. When an actor dies (its process or node is lost), Ray
+restarts it (`max_restarts=-1`) and the shard goes to the next idle actor as a new attempt; the
+commit protocol (workers.commit) keeps exactly one attempt's output. When actors die
+`compute.max_shard_attempts` times on one shard, an object in it is probably killing them (memory,
+a crash in native code): the shard is split in halves, and halves again where an actor dies,
+until the object that kills its actor twice is found; it is recorded as `worker_lost` and the rest
+is labelled. An error raised inside the Labeler is not retried here (`ShardError`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import queue
 import threading
 import time
@@ -23,17 +26,32 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from schemas.job import Job
+from schemas.layout import RunLayout
 from schemas.manifest import ShardSummary
+from schemas.tables import ImageStatus, image_id
+from workers import cluster, commit, rows
+from workers.shards import read_shard_list
+from workers.store import ObjectInfo, StoreError, display_key, open_store
 
 log = logging.getLogger(__name__)
 
 
 class PoolError(RuntimeError):
-    """The pool cannot label: no actor could start, or a shard failed on every attempt."""
+    """The pool cannot label: no actor could start."""
 
 
 class ShardError(RuntimeError):
-    """Labelling a shard raised inside the actor (not an actor death); retrying would not help."""
+    """Labelling a shard raised inside the actor (not an actor death).
+
+    Attributes:
+        cause: the exception the Labeler raised.
+        transient: whether trying again later may pass (the store was unavailable).
+    """
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+        self.transient = isinstance(cause, StoreError) and cause.transient
 
 
 class LabelerActor:
@@ -45,9 +63,9 @@ class LabelerActor:
 
         self.labeler = Labeler(Job.model_validate_json(job_json))
 
-    def ready(self) -> str:
-        """Host and pid of the actor, once its models are loaded."""
-        return self.labeler.worker
+    def ready(self) -> dict:
+        """Once the models are loaded: {"worker": host:pid, "models": sha256 by role, "clip_model": name or None}."""
+        return {"worker": self.labeler.worker, "models": self.labeler.models, "clip_model": self.labeler.clip_name}
 
     def node(self) -> str:
         """The Ray node id the actor runs on."""
@@ -59,9 +77,19 @@ class LabelerActor:
         """`Labeler.label_shard`, its summary as a dict."""
         return self.labeler.label_shard(run_id, shard_id).model_dump()
 
+    def label_part(self, run_id: str, shard_id: int, start: int, stop: int) -> rows.ShardPart:
+        """`Labeler.label_part`: objects [start, stop) of a shard, tables returned, nothing written."""
+        return self.labeler.label_part(run_id, shard_id, start, stop)
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    return (RayActorError, ActorDiedError, ActorUnavailableError)
+
 
 class LabelerPool:
-    """N Labeler actors on a Ray cluster (an existing one by address, or a local one)."""
+    """N Labeler actors on a Ray cluster (the job's, or a private local one)."""
 
     def __init__(self, job: Job, start_timeout_s: float = 900.0):
         """Connect to (or start) Ray and start `job.compute.num_actors` actors.
@@ -69,19 +97,19 @@ class LabelerPool:
         Args:
             job: the validated job; `compute` sets the actors' resources and the cluster address.
             start_timeout_s: how long `label` waits for any actor to be ready before giving up.
+
+        Raises:
+            cluster.ClusterError: the cluster cannot be reached or started.
         """
         import ray
 
         c = job.compute
         self.job = job
         self.start_timeout_s = start_timeout_s
-        self._started_ray = False
-        if not ray.is_initialized():
-            if c.ray_address is None and not os.environ.get("RAY_ADDRESS"):  # local, for this process: loopback
-                ray.init(include_dashboard=False, logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
-            else:
-                ray.init(address=c.ray_address, logging_level=logging.WARNING)
-            self._started_ray = True
+        self.output = open_store(job.output, job.storage)
+        self.source = open_store(job.source.uri, job.storage)
+        self._exit = contextlib.ExitStack()
+        self._exit.enter_context(cluster.connect(cluster.address_for(c.ray_address)))
         actor_cls = ray.remote(LabelerActor).options(
             num_cpus=c.cpus_per_actor,
             num_gpus=c.gpus_per_actor,
@@ -94,7 +122,8 @@ class LabelerPool:
         self._idle: queue.Queue = queue.Queue()
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self.redispatched = 0  # shards sent again because their actor was lost
+        self.redispatched = 0  # shard attempts sent again because their actor was lost
+        self.actor_info: dict = {}  # LabelerActor.ready() of the first actor that was ready
         self._lost = 0  # actors that will not come back
         for actor in self._actors:
             self._when_ready(actor)
@@ -110,7 +139,7 @@ class LabelerPool:
             died = 0
             while not self._closed.is_set():
                 try:
-                    worker = ray.get(actor.ready.remote(), timeout=max(deadline - time.monotonic(), 0.1))
+                    info = ray.get(actor.ready.remote(), timeout=max(deadline - time.monotonic(), 0.1))
                 except ActorUnavailableError:  # restarting: ask again shortly
                     if time.monotonic() < deadline:
                         time.sleep(0.5)
@@ -129,7 +158,9 @@ class LabelerPool:
                 except Exception as e:  # died for good: bad weights, out of memory at load, killed
                     error = f"{type(e).__name__}: {e}"
                 else:
-                    log.info("Labeler actor ready on %s", worker)
+                    log.info("Labeler actor ready on %s", info["worker"])
+                    with self._lock:
+                        self.actor_info = self.actor_info or info
                     self._idle.put(actor)
                     return
                 log.error("a Labeler actor is out of the pool: %s", error)
@@ -156,34 +187,97 @@ class LabelerPool:
                     ) from None
         raise PoolError("the pool is closed")
 
+    def _call(self, what: str, method: str, *args):
+        """Run an actor method on the next idle actor: (result, None), or (None, error) when the actor died.
+
+        Raises:
+            ShardError: the Labeler raised.
+        """
+        import ray
+        from ray.exceptions import RayTaskError
+
+        actor = self._take()
+        try:
+            out = ray.get(getattr(actor, method).remote(*args))
+        except _lost_errors() as e:
+            with self._lock:
+                self.redispatched += 1
+            self._when_ready(actor)  # Ray restarts it; it takes work again once ready
+            return None, e
+        except RayTaskError as e:
+            self._idle.put(actor)
+            cause = e.cause if e.cause is not None else e
+            raise ShardError(f"{what} failed: {type(cause).__name__}: {cause}", cause) from None
+        self._idle.put(actor)
+        return out, None
+
     def label(self, run_id: str, shard_id: int) -> ShardSummary:
         """Label one shard on the next idle actor; blocks until done.
 
         Raises:
             ShardError: the Labeler raised (e.g. the output store refused the write).
-            PoolError: actors died on every one of `compute.max_shard_attempts` attempts.
+            PoolError: no actor could start.
         """
-        import ray
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-
+        t0 = time.perf_counter()
         attempts = self.job.compute.max_shard_attempts
+        what = f"shard {shard_id} of run {run_id}"
         for attempt in range(1, attempts + 1):
-            actor = self._take()
-            try:
-                out = ray.get(actor.label_shard.remote(run_id, shard_id))
-            except (RayActorError, ActorDiedError, ActorUnavailableError) as e:
-                log.warning("shard %d: actor lost (attempt %d/%d): %s; re-dispatching", shard_id, attempt, attempts, e)
-                with self._lock:
-                    self.redispatched += 1
-                self._when_ready(actor)  # Ray restarts it; it takes work again once ready
-                continue
-            except RayTaskError as e:
-                self._idle.put(actor)
-                cause = e.cause if e.cause is not None else e
-                raise ShardError(f"shard {shard_id} of run {run_id} failed: {type(cause).__name__}: {cause}") from None
-            self._idle.put(actor)
-            return ShardSummary.model_validate(out)
-        raise PoolError(f"shard {shard_id} of run {run_id}: its actor died on all {attempts} attempts")
+            out, lost = self._call(what, "label_shard", run_id, shard_id)
+            if lost is None:
+                return ShardSummary.model_validate(out)
+            log.warning("%s: actor lost (attempt %d/%d): %s", what, attempt, attempts, lost)
+        log.warning("%s: actors died %d times on it; splitting it to find the object that kills them", what, attempts)
+        return self._isolate(run_id, shard_id, t0)
+
+    def _isolate(self, run_id: str, shard_id: int, t0: float) -> ShardSummary:
+        layout = RunLayout(run_id)
+        done = commit.read_marker(self.output, layout, shard_id)
+        if done is not None:  # an attempt we thought lost did finish
+            return done.summary
+        objects = read_shard_list(self.output, layout, shard_id)
+        n = len(objects)
+        parts = [self._lost_part(run_id, shard_id, objects[0])] if n == 1 else []
+        if n > 1:
+            parts = self._label_range(run_id, shard_id, objects, 0, n // 2) + self._label_range(
+                run_id, shard_id, objects, n // 2, n
+            )
+        return commit.commit_part(self.output, layout, shard_id, commit.new_attempt_id(), rows.join_parts(parts), t0)
+
+    def _label_range(
+        self, run_id: str, shard_id: int, objects: list[ObjectInfo], start: int, stop: int
+    ) -> list[rows.ShardPart]:
+        """Parts covering objects [start, stop): one death splits a range, two deaths mark a single object lost."""
+        what = f"objects {start}-{stop - 1} of shard {shard_id} of run {run_id}"
+        for _ in range(2 if stop - start == 1 else 1):
+            part, lost = self._call(what, "label_part", run_id, shard_id, start, stop)
+            if lost is None:
+                return [part]
+        if stop - start == 1:
+            return [self._lost_part(run_id, shard_id, objects[start])]
+        mid = (start + stop) // 2
+        return self._label_range(run_id, shard_id, objects, start, mid) + self._label_range(
+            run_id, shard_id, objects, mid, stop
+        )
+
+    def _lost_part(self, run_id: str, shard_id: int, obj: ObjectInfo) -> rows.ShardPart:
+        uri = self.source.uri_of(obj.key)
+        log.error("%s: its Labeler actor died twice on it; recorded as worker_lost", display_key(uri))
+        res = rows.ImageResult(key=obj.key, uri=uri, image_id=image_id(uri), etag=obj.etag, size=obj.size)
+        res.status = ImageStatus.WORKER_LOST
+        res.error = (
+            f"{display_key(uri)}: the Labeler actor died twice while labelling it (out of memory or a crash in "
+            "native code); check the file, or give the actors more memory (limits.max_pixels, "
+            "compute.read_ahead_pixels)"
+        )
+        info = self.actor_info  # set: an actor was ready to die on this object
+        return rows.ShardPart(
+            images=rows.images_table([res], run_id, shard_id, info["models"]["fastsam"][0], info["clip_model"]),
+            masks=rows.masks_table([], run_id, self.job.all_prompts),
+            prompts=rows.prompts_table([], run_id) if self.job.prompt_table else None,
+            stage_seconds={},
+            models={},
+            worker="",
+        )
 
     def map(self, run_id: str, shard_ids: Iterable[int]) -> Iterator[tuple[int, ShardSummary | Exception]]:
         """Label many shards, yielding (shard id, summary or the exception) as each finishes."""
@@ -202,8 +296,7 @@ class LabelerPool:
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
-        if self._started_ray:
-            ray.shutdown()
+        self._exit.close()
 
     def __enter__(self) -> LabelerPool:
         return self

@@ -1,4 +1,4 @@
-"""Per-image results to Arrow tables (IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA)."""
+"""Per-image results to Arrow tables (IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA), and shard parts and summaries."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from fastsam_core.batch import MaskBatch
-from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA, STATUS_OK
+from schemas.manifest import ShardSummary
+from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA, ImageStatus
 
 STAGES = ("read", "decode", "segment", "score")
 
@@ -39,8 +41,8 @@ class ImageResult:
 
     Attributes:
         key: relative to the source prefix; uri: full URI; image_id: stable id of the uri.
-        etag, size: from the listing.
-        status: "ok" or an error kind; error: the message (None when ok).
+        etag, size: of the bytes read (the listing's until the object is read).
+        status: an ImageStatus; error: the message (None when ok).
         width, height, frames: of the decoded image (None when not decoded).
         masks: the image's masks with "clip_cosine"/"clip_prob" columns when prompts were scored.
         label, label_score: (N,) prompt index (-1 none) and its probability per mask.
@@ -53,7 +55,7 @@ class ImageResult:
     image_id: str
     etag: str | None
     size: int | None
-    status: str = STATUS_OK
+    status: ImageStatus = ImageStatus.OK
     error: str | None = None
     width: int | None = None
     height: int | None = None
@@ -71,7 +73,7 @@ def images_table(
     """One row per result, in order."""
     cols: dict[str, list] = {name: [] for name in IMAGES_SCHEMA.names}
     for r in results:
-        ok = r.status == STATUS_OK
+        ok = r.status == ImageStatus.OK
         row = {
             "run_id": run_id,
             "shard_id": shard_id,
@@ -80,7 +82,7 @@ def images_table(
             "key": r.key,
             "etag": r.etag,
             "size": r.size,
-            "status": r.status,
+            "status": str(r.status),
             "error": r.error,
             "width": r.width,
             "height": r.height,
@@ -129,7 +131,7 @@ def masks_table(results: Sequence[ImageResult], run_id: str, prompts: Sequence[s
     """One row per mask of every labelled image, images in order, masks in score order."""
     cols: dict[str, list] = {name: [] for name in MASKS_SCHEMA.names}
     for r in results:
-        if r.status != STATUS_OK or r.masks is None or not len(r.masks):
+        if r.status != ImageStatus.OK or r.masks is None or not len(r.masks):
             continue
         n = len(r.masks)
         cols["run_id"] += [run_id] * n
@@ -169,10 +171,79 @@ def nested_table(
     """The images table plus a "masks" column: each image's masks as a list of MASK_STRUCT."""
     masks = []
     for r in results:
-        if r.status != STATUS_OK or r.masks is None:
-            masks.append(None if r.status != STATUS_OK else [])
+        if r.status != ImageStatus.OK or r.masks is None:
+            masks.append(None if r.status != ImageStatus.OK else [])
             continue
         cols = mask_columns(r, prompts)
         masks.append([dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)])
     table = images_table(results, run_id, 0, model_sha256, clip_model)
     return table.append_column(pa.field("masks", pa.list_(MASK_STRUCT)), pa.array(masks, pa.list_(MASK_STRUCT)))
+
+
+@dataclass
+class ShardPart:
+    """The tables of a run of consecutive objects of one shard, as one actor labelled them.
+
+    Attributes:
+        images, masks: the images and masks table rows, in object order.
+        prompts: the prompts table rows, or None when the job has no prompt table.
+        stage_seconds: wall seconds per stage summed over the part's images.
+        models: sha256 of the models that labelled it, by role ("fastsam", "clip").
+        worker: host:pid of the actor.
+    """
+
+    images: pa.Table
+    masks: pa.Table
+    prompts: pa.Table | None
+    stage_seconds: dict[str, float]
+    models: dict[str, list[str]]
+    worker: str
+
+    def tables(self) -> dict[str, pa.Table]:
+        """The part's tables by name (prompts only when the job has a prompt table)."""
+        out = {"images": self.images, "masks": self.masks}
+        if self.prompts is not None:
+            out["prompts"] = self.prompts
+        return out
+
+
+def join_parts(parts: Sequence[ShardPart]) -> ShardPart:
+    """One part from consecutive parts, in order."""
+    prompts = [p.prompts for p in parts if p.prompts is not None]
+    stages: dict[str, float] = {}
+    models: dict[str, set[str]] = {}
+    for p in parts:
+        for k, v in p.stage_seconds.items():
+            stages[k] = stages.get(k, 0.0) + v
+        for role, hashes in p.models.items():
+            models.setdefault(role, set()).update(hashes)
+    return ShardPart(
+        images=pa.concat_tables([IMAGES_SCHEMA.empty_table(), *(p.images for p in parts)]),
+        masks=pa.concat_tables([MASKS_SCHEMA.empty_table(), *(p.masks for p in parts)]),
+        prompts=pa.concat_tables([PROMPTS_SCHEMA.empty_table(), *prompts]) if prompts else None,
+        stage_seconds=stages,
+        models={role: sorted(h) for role, h in models.items()},
+        worker=",".join(sorted({p.worker for p in parts if p.worker})),
+    )
+
+
+def shard_summary(run_id: str, shard_id: int, attempt_id: str, part: ShardPart, seconds: float) -> ShardSummary:
+    """The summary of a shard attempt, counted from its tables (`seconds`: wall time so far)."""
+    status = part.images["status"]
+    counts = pc.value_counts(status).to_pylist() if len(status) else []
+    by_status = {c["values"]: c["counts"] for c in counts}
+    labelled = by_status.pop(ImageStatus.OK.value, 0)
+    return ShardSummary(
+        run_id=run_id,
+        shard_id=shard_id,
+        attempt_id=attempt_id,
+        objects=part.images.num_rows,
+        labelled=labelled,
+        masks=part.masks.num_rows,
+        prompts=part.prompts.num_rows if part.prompts is not None else 0,
+        errors_by_kind=dict(sorted(by_status.items())),
+        stage_seconds=dict(part.stage_seconds),
+        seconds=seconds,
+        models=part.models,
+        worker=part.worker,
+    )

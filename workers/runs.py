@@ -1,31 +1,44 @@
-"""Run-level operations on the output store: plan, resume state, incremental filtering, commit, status.
+"""Run-level operations on the output store: plan, resume state, commit, status.
 
-    runs/{run_id}/plan.json       written after every shard list: the plan is complete
-    runs/{run_id}/manifest.json   written at commit, when every shard is done
-    runs/{run_id}/_SUCCESS        written last: the run is complete
-
-A plan is made once per run id; running the same run id again reuses it (even if the bucket has
-changed since), so a resumed run labels exactly the shards the first attempt planned.
+A run is planned once: `runs/{run_id}/plan.json` is created exclusively and records the fingerprint
+of the job that planned it (schemas.fingerprint). Running the same run id again resumes that plan
+(even if the bucket has changed since) only with a job of the same fingerprint; another job is
+refused, naming the fields that differ. A committed run (`_SUCCESS`) never changes again.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
-from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from schemas.job import Job
-from schemas.manifest import RunManifest, ShardState, ShardSummary
-from workers.shards import cut, list_source, read_parquet, run_prefix, shard_summary, write_shard_list
-from workers.store import ObjectNotFoundError, ObjectStore, safe_key
+from schemas.fingerprint import differences
+from schemas.job import Job, JobError
+from schemas.layout import RunLayout, parse_shard
+from schemas.manifest import RunManifest, RunState, RunSummary, ShardMarker, ShardState
+from workers import commit, index
+from workers.shards import cut, list_source, read_parquet, write_shard_list
+from workers.store import ObjectNotFoundError, ObjectStore
 
-#: Failures worth another try in an incremental run (the object may read fine next time).
-TRANSIENT = ("read_error", "label_error")
+#: Parallel requests when a commit reads or repairs many shards.
+_IO_THREADS = 16
+
+
+class RunMismatchError(JobError):
+    """The run id was planned by a job with another fingerprint."""
+
+
+class EmptySourceError(JobError):
+    """The source lists no object the job would label."""
+
+
+class RunIncompleteError(RuntimeError):
+    """The run cannot be committed: some shards are not done."""
 
 
 class Plan(BaseModel):
@@ -36,8 +49,9 @@ class Plan(BaseModel):
         shards: number of shards (ids 0..shards-1).
         objects: source objects in the plan.
         listed: objects the source listing matched before incremental filtering.
-        skipped: objects left out because an earlier committed run labelled the same key and ETag.
+        skipped: objects left out because an earlier committed run labelled the same URI and ETag.
         incremental: whether earlier runs were consulted.
+        fingerprint: the planning job's fingerprint (schemas.fingerprint).
         created_at: UTC time the plan was made.
     """
 
@@ -47,154 +61,180 @@ class Plan(BaseModel):
     listed: int
     skipped: int = 0
     incremental: bool = False
+    fingerprint: dict
     created_at: datetime
 
 
-def _key(run_id: str, name: str) -> str:
-    return safe_key(run_prefix(run_id), name)
-
-
-def load_plan(output: ObjectStore, run_id: str) -> Plan | None:
-    """The run's plan, if it was completed."""
+def load_plan(output: ObjectStore, layout: RunLayout) -> Plan | None:
+    """The run's plan, or None when it was never planned."""
     try:
-        return Plan.model_validate_json(output.get(_key(run_id, "plan.json")))
+        return Plan.model_validate_json(output.get(layout.plan))
     except ObjectNotFoundError:
         return None
 
 
-def committed_runs(output: ObjectStore) -> list[str]:
-    """Ids of the runs under `output` that have a _SUCCESS marker, in key order."""
-    markers = (o.key for o in output.list("runs/"))
-    return sorted(k.split("/")[1] for k in markers if k.count("/") == 2 and k.endswith("/_SUCCESS"))
+def check_same_job(plan: Plan, fingerprint: dict) -> None:
+    """Refuse to go on with a run planned by another job.
 
-
-def labelled_before(output: ObjectStore, exclude_run: str | None = None) -> set[tuple[str, str | None]]:
-    """(key, etag) of every object an earlier committed run labelled, or failed on for good."""
-    seen: set[tuple[str, str | None]] = set()
-    for run_id in committed_runs(output):
-        if run_id == exclude_run:
-            continue
-        for obj in output.list(f"runs/{run_id}/images/"):
-            t = read_parquet(output, obj.key, "images").select(["key", "etag", "status"])
-            t = t.filter(pc.invert(pc.is_in(t["status"], value_set=pa.array(TRANSIENT))))
-            seen.update(zip(t["key"].to_pylist(), t["etag"].to_pylist(), strict=True))
-    return seen
-
-
-def plan_run(job: Job, source: ObjectStore, output: ObjectStore, run_id: str, incremental: bool = False) -> Plan:
-    """List, filter, sort and cut the source into shards; write the shard lists, then the plan.
-
-    Returns the existing plan unchanged when the run was planned before (resume).
+    Raises:
+        RunMismatchError: naming each field that differs, with both values.
     """
-    existing = load_plan(output, run_id)
+    fields = differences(plan.fingerprint, fingerprint)
+    if fields:
+        shown = "; ".join(f"{f}: planned {plan.fingerprint.get(f)!r}, now {fingerprint.get(f)!r}" for f in fields[:6])
+        raise RunMismatchError(
+            f"run {plan.run_id} was planned by another job ({len(fields)} setting(s) differ: {shown}); "
+            "use a new run id for this job, or resume with the job that planned it"
+        )
+
+
+def plan_run(
+    job: Job,
+    source: ObjectStore,
+    output: ObjectStore,
+    layout: RunLayout,
+    fingerprint: dict,
+    incremental: bool = False,
+) -> Plan:
+    """List, filter, sort and cut the source into shards; write the shard lists, then create the plan.
+
+    Returns the existing plan when the run was planned before by a job of the same fingerprint.
+
+    Raises:
+        RunMismatchError: the run was planned by another job.
+        EmptySourceError: the listing holds nothing the job labels (nothing is written).
+    """
+    existing = load_plan(output, layout)
     if existing is not None:
+        check_same_job(existing, fingerprint)
         return existing
     objects = list_source(source, job.source)
     listed = len(objects)
+    if not listed:
+        s = job.source
+        filters = f"extensions {', '.join(s.extensions)}" + (f", include {list(s.include)}" if s.include else "")
+        raise EmptySourceError(
+            f"source {source.uri} holds no object this job labels ({filters}); check source.uri and the filters"
+        )
     if incremental:
-        seen = labelled_before(output, exclude_run=run_id)
-        objects = [o for o in objects if (o.key, o.etag) not in seen]
+        listing = pa.table({"uri": [source.uri_of(o.key) for o in objects], "etag": [o.etag for o in objects]})
+        keep = index.unseen(listing, index.load(output))
+        objects = [o for o, k in zip(objects, keep, strict=True) if k]
     shards = cut(objects, job.compute.shard_size)
     for i, objs in enumerate(shards):
-        write_shard_list(output, run_id, i, objs)
+        write_shard_list(output, layout, i, objs)
     plan = Plan(
-        run_id=run_id,
+        run_id=layout.run_id,
         shards=len(shards),
         objects=len(objects),
         listed=listed,
         skipped=listed - len(objects),
         incremental=incremental,
+        fingerprint=fingerprint,
         created_at=datetime.now(UTC),
     )
-    output.put(_key(run_id, "plan.json"), plan.model_dump_json(indent=2).encode())
+    if not output.create(layout.plan, plan.model_dump_json(indent=2).encode()):
+        other = load_plan(output, layout)
+        if other is not None:
+            check_same_job(other, fingerprint)
+        from workers.lease import RunBusyError
+
+        raise RunBusyError(f"run {layout.run_id} was planned by another flow at the same time; let that flow finish")
     return plan
 
 
-def done_shards(output: ObjectStore, run_id: str) -> dict[int, ShardSummary]:
-    """Summaries of the run's complete shards, by shard id (one listing, then one read per shard)."""
-    out = {}
-    for obj in output.list(f"runs/{run_id}/done/"):
-        name = obj.key.rsplit("/", 1)[-1]
-        if name.startswith("shard-") and name.endswith(".json"):
-            summary = shard_summary(output, run_id, int(name[6:-5]))
-            if summary is not None:
-                out[summary.shard_id] = summary
-    return out
+def done_markers(output: ObjectStore, layout: RunLayout) -> dict[int, ShardMarker]:
+    """The markers of the run's done shards, by shard id (one listing, then one read per shard)."""
+    shard_ids = [i for o in output.list(layout.done_prefix) if (i := parse_shard(o.key)) is not None]
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        markers = pool.map(lambda i: commit.read_marker(output, layout, i), shard_ids)
+    return {m.summary.shard_id: m for m in markers if m is not None}
 
 
-def totals(summaries: list[ShardSummary]) -> tuple[dict[str, int], dict[str, int], dict[str, float]]:
-    """(counts, errors by kind, stage seconds) summed over shards."""
-    errors: Counter = Counter()
-    stages: Counter = Counter()
-    for s in summaries:
-        errors.update(s.errors_by_kind)
-        stages.update(s.stage_seconds)
-    counts = {
-        "objects": sum(s.objects for s in summaries),
-        "labelled": sum(s.labelled for s in summaries),
-        "masks": sum(s.masks for s in summaries),
-        "prompts": sum(s.prompts for s in summaries),
-        "failed": sum(errors.values()),
-    }
-    return counts, dict(errors), {k: round(v, 3) for k, v in stages.items()}
+def summary_of(
+    output: ObjectStore, layout: RunLayout, plan: Plan, markers: dict[int, ShardMarker], state: RunState, **extra
+) -> RunSummary:
+    """The run's summary over its done shards."""
+    return RunSummary.of_shards(
+        layout.run_id,
+        output.uri_of(layout.prefix.rstrip("/")),
+        state,
+        plan.shards,
+        plan.listed,
+        plan.skipped,
+        (markers[i].summary for i in sorted(markers)),
+        **extra,
+    )
+
+
+def is_committed(output: ObjectStore, layout: RunLayout) -> bool:
+    """Whether the run's _SUCCESS marker exists."""
+    return output.head(layout.success) is not None
 
 
 def commit_run(
     job: Job,
     output: ObjectStore,
-    run_id: str,
+    layout: RunLayout,
     code_version: str,
     started_at: datetime,
 ) -> RunManifest:
-    """Write the manifest and the _SUCCESS marker; only when every planned shard is done.
+    """Settle every shard, index the run, write the manifest and _SUCCESS; a committed run is left as it is.
 
     Raises:
-        RuntimeError: naming the shards that are not done.
+        RunIncompleteError: naming the shards that are not done.
+        commit.ShardCommitError: a shard's files cannot be made its marker's.
     """
-    plan = load_plan(output, run_id)
+    if is_committed(output, layout):
+        manifest = load_manifest(output, layout)
+        if manifest is not None:
+            return manifest
+    plan = load_plan(output, layout)
     if plan is None:
-        raise RuntimeError(f"run {run_id} has no plan under {output.uri}; plan it first")
-    done = done_shards(output, run_id)
-    missing = [i for i in range(plan.shards) if i not in done]
+        raise RunIncompleteError(f"run {layout.run_id} has no plan under {output.uri}; plan it first")
+    markers = done_markers(output, layout)
+    missing = [i for i in range(plan.shards) if i not in markers]
     if missing:
-        raise RuntimeError(f"run {run_id} cannot be committed: shards {missing[:20]} are not done")
-    summaries = [done[i] for i in range(plan.shards)]
-    counts, errors, stages = totals(summaries)
-    models = {
-        "fastsam": {"name": job.model.checkpoint or "fastsam-tiny.pt (shipped)", "sha256": job.model.sha256},
-        "clip": {"name": job.clip.arch if job.prompts else None, "sha256": job.clip.sha256},
-    }
-    images = list(output.list(f"runs/{run_id}/images/"))
-    if images:  # the hash the actors verified, which is known even when the job pinned none
-        row = read_parquet(output, images[0].key, "images").slice(0, 1).to_pylist()
-        if row:
-            models["fastsam"]["sha256"] = row[0]["model_sha256"]
+        raise RunIncompleteError(f"run {layout.run_id} cannot be committed: shards {missing[:20]} are not done")
+    ordered = [markers[i] for i in range(plan.shards)]
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        list(pool.map(lambda m: commit.settle(output, layout, m), ordered))
+        images = list(pool.map(lambda m: read_parquet(output, m.files["images"].key, "images"), ordered))
+    for obj in list(output.list(layout.attempts_prefix)):  # every attempt's copies, winners' included
+        output.delete(obj.key)
+    summary = summary_of(output, layout, plan, markers, "committed")
     manifest = RunManifest(
-        run_id=run_id,
+        run_id=layout.run_id,
         job=json.loads(job.model_dump_json()),
+        fingerprint=plan.fingerprint,
         prompts=list(job.all_prompts),
-        models=models,
+        models={
+            "fastsam": {
+                "name": job.model.checkpoint or "fastsam-tiny.pt (shipped)",
+                "sha256": summary.models.get("fastsam", []),
+            },
+            "clip": {"name": job.clip.arch if job.prompts else None, "sha256": summary.models.get("clip", [])},
+        },
         code_version=code_version,
-        shards=[ShardState(shard_id=s.shard_id, objects=s.objects, state="done", summary=s) for s in summaries],
-        counts={**counts, "listed": plan.listed, "skipped": plan.skipped},
-        errors_by_kind=errors,
-        stage_seconds=stages,
+        shards=[ShardState(shard_id=m.summary.shard_id, attempt_id=m.attempt_id, summary=m.summary) for m in ordered],
+        summary=summary,
         started_at=started_at,
         finished_at=datetime.now(UTC),
     )
-    output.put(_key(run_id, "manifest.json"), manifest.model_dump_json(indent=2).encode())
-    output.put(_key(run_id, "_SUCCESS"), b"")
+    output.put(layout.manifest, manifest.model_dump_json(indent=2).encode())
+    index.add_run(output, layout.run_id, images)
+    output.put(layout.success, b"")
     return manifest
 
 
-def load_manifest(output: ObjectStore, run_id: str) -> RunManifest | None:
+def load_manifest(output: ObjectStore, layout: RunLayout) -> RunManifest | None:
     """The committed run's manifest, or None."""
     try:
-        return RunManifest.model_validate_json(output.get(_key(run_id, "manifest.json")))
+        return RunManifest.model_validate_json(output.get(layout.manifest))
     except ObjectNotFoundError:
         return None
 
 
 def new_run_id() -> str:
-    """A run id from the UTC time: 20261121T031500Z."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    """A unique run id: the UTC time and a random suffix, e.g. 20261121T031500Z-3f9a2c."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)

@@ -1,8 +1,4 @@
-"""Shards: the plan (list, filter, sort, cut) and where each shard's inputs and outputs live.
-
-Every key below is built from the run id and the shard number only (never from a source key), so
-a retried shard overwrites its own outputs and nothing can land outside the output prefix.
-"""
+"""Shards: the plan's listing (list, filter, sort, cut), the shards' work lists, and Parquet bytes."""
 
 from __future__ import annotations
 
@@ -12,41 +8,10 @@ from collections.abc import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.job import SourceSpec, check_run_id
-from schemas.manifest import ShardSummary
+from schemas.job import SourceSpec
+from schemas.layout import RunLayout
 from schemas.tables import SHARD_SCHEMA, check_table
-from workers.store import ObjectInfo, ObjectNotFoundError, ObjectStore, safe_key
-
-#: Output tables written per shard, under runs/{run_id}/{table}/.
-TABLES = ("images", "masks", "prompts")
-
-
-def _shard(shard_id: int) -> str:
-    if not isinstance(shard_id, int) or shard_id < 0:
-        raise ValueError(f"shard id must be an int >= 0, but got {shard_id!r}")
-    return f"shard-{shard_id:05d}"
-
-
-def run_prefix(run_id: str) -> str:
-    """runs/{run_id}: everything a run writes lives under it."""
-    return safe_key("runs", check_run_id(run_id))
-
-
-def shard_list_key(run_id: str, shard_id: int) -> str:
-    """The shard's work list (SHARD_SCHEMA Parquet)."""
-    return safe_key(run_prefix(run_id), "shards", _shard(shard_id) + ".parquet")
-
-
-def table_key(run_id: str, table: str, shard_id: int) -> str:
-    """The shard's part of an output table."""
-    if table not in TABLES:
-        raise ValueError(f"table must be one of {TABLES}, but got {table!r}")
-    return safe_key(run_prefix(run_id), table, _shard(shard_id) + ".parquet")
-
-
-def done_key(run_id: str, shard_id: int) -> str:
-    """The shard's completion marker (a ShardSummary as JSON), written after its tables."""
-    return safe_key(run_prefix(run_id), "done", _shard(shard_id) + ".json")
+from workers.store import ObjectInfo, ObjectNotFoundError, ObjectStore
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -56,10 +21,22 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
+class TableError(ValueError):
+    """An object that should hold one of our tables does not; the message names it."""
+
+
 def read_parquet(store: ObjectStore, key: str, expected: str) -> pa.Table:
-    """A Parquet object, checked to be the `expected` table at the current schema version."""
-    table = pq.read_table(io.BytesIO(store.get(key)))
-    check_table(table, expected)
+    """A Parquet object, checked to be the `expected` table at the current schema version.
+
+    Raises:
+        TableError: the object is not a readable Parquet file, or not that table.
+    """
+    data = store.get(key)
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        check_table(table, expected)
+    except (pa.ArrowException, ValueError) as e:
+        raise TableError(f"{store.uri_of(key)} is not a readable {expected} table ({e})") from None
     return table
 
 
@@ -75,32 +52,23 @@ def cut(objects: list[ObjectInfo], shard_size: int) -> list[list[ObjectInfo]]:
     return [objects[i : i + shard_size] for i in range(0, len(objects), shard_size)]
 
 
-def write_shard_list(store: ObjectStore, run_id: str, shard_id: int, objects: Iterable[ObjectInfo]) -> None:
+def write_shard_list(store: ObjectStore, layout: RunLayout, shard_id: int, objects: Iterable[ObjectInfo]) -> None:
     """Write a shard's work list to the output store."""
     objs = list(objects)
     table = pa.table(
         {"key": [o.key for o in objs], "size": [o.size for o in objs], "etag": [o.etag for o in objs]},
         schema=SHARD_SCHEMA,
     )
-    store.put(shard_list_key(run_id, shard_id), parquet_bytes(table))
+    store.put(layout.shard_list(shard_id), parquet_bytes(table))
 
 
-def read_shard_list(store: ObjectStore, run_id: str, shard_id: int) -> list[ObjectInfo]:
+def read_shard_list(store: ObjectStore, layout: RunLayout, shard_id: int) -> list[ObjectInfo]:
     """A shard's work list, as written by `write_shard_list`."""
+    key = layout.shard_list(shard_id)
     try:
-        t = read_parquet(store, shard_list_key(run_id, shard_id), "shard")
+        t = read_parquet(store, key, "shard")
     except ObjectNotFoundError:
         raise ObjectNotFoundError(
-            f"shard {shard_id} of run {run_id} has no work list at {store.uri_of(shard_list_key(run_id, shard_id))}; "
-            "plan the run first"
+            f"shard {shard_id} of run {layout.run_id} has no work list at {store.uri_of(key)}; plan the run first"
         ) from None
     return [ObjectInfo(r["key"], r["size"], r["etag"]) for r in t.to_pylist()]
-
-
-def shard_summary(store: ObjectStore, run_id: str, shard_id: int) -> ShardSummary | None:
-    """The shard's summary if the shard is complete (its marker exists), else None."""
-    try:
-        data = store.get(done_key(run_id, shard_id))
-    except ObjectNotFoundError:
-        return None
-    return ShardSummary.model_validate_json(data)

@@ -12,6 +12,7 @@ Each row has `points` or `box`, not both. Example JSON line:
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import defaultdict
 from dataclasses import dataclass
@@ -101,17 +102,15 @@ def parse_prompt_table(data: bytes, name: str) -> dict[str, list[ImagePrompt]]:
     return dict(out)
 
 
-def load_prompt_table(job: Job) -> dict[str, list[ImagePrompt]]:
-    """The job's prompt table (path or s3:// URI), read and validated; {} when the job has none.
+def prompt_table_bytes(job: Job) -> bytes:
+    """The bytes of the job's prompt table (path or s3:// URI), checked against `prompt_table_sha256` when set.
 
     Raises:
-        PromptTableError: the table cannot be read or has a bad row.
+        PromptTableError: it cannot be read, or its hash differs from the pinned one.
     """
     from workers.store import StoreError, open_store, split_s3_uri
 
     uri = job.prompt_table
-    if uri is None:
-        return {}
     try:
         if uri.startswith("s3://"):
             bucket, key = split_s3_uri(uri)
@@ -121,4 +120,21 @@ def load_prompt_table(job: Job) -> dict[str, list[ImagePrompt]]:
                 data = f.read()
     except (StoreError, OSError) as e:
         raise PromptTableError(f"prompt table {uri} cannot be read: {e}; check prompt_table") from None
-    return parse_prompt_table(data, uri)
+    digest = hashlib.sha256(data).hexdigest()
+    if job.prompt_table_sha256 is not None and digest != job.prompt_table_sha256:
+        raise PromptTableError(
+            f"prompt table {uri} has sha256 {digest}, but {job.prompt_table_sha256} was checked when the run "
+            "started: the table changed during the run; start a new run"
+        )
+    return data
+
+
+def load_prompt_table(job: Job) -> dict[str, list[ImagePrompt]]:
+    """The job's prompt table, read and validated; {} when the job has none.
+
+    Raises:
+        PromptTableError: the table cannot be read or has a bad row.
+    """
+    if job.prompt_table is None:
+        return {}
+    return parse_prompt_table(prompt_table_bytes(job), job.prompt_table)

@@ -11,9 +11,12 @@ outside the output prefix.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import random
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,13 @@ _TMP_PREFIX = ".fastsam-tmp-"
 
 
 class StoreError(OSError):
-    """An object could not be read or written; the message names it and says why."""
+    """An object could not be read or written; the message names it and says why.
+
+    `transient` tells whether trying again later may succeed (the store was unavailable or slow
+    after every retry), as opposed to a refusal that repeats until someone fixes something.
+    """
+
+    transient = False
 
 
 class ObjectNotFoundError(StoreError):
@@ -36,14 +45,29 @@ class ObjectTooLargeError(StoreError):
     """The object is bigger than the caller's byte limit."""
 
 
-@dataclass(frozen=True)
+class StoreAccessError(StoreError):
+    """The store refuses us or does not exist: wrong credentials, no permission, no such bucket."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or kept failing (timeouts, resets, 5xx, SlowDown) after every retry."""
+
+    transient = True
+
+
+class _BodyCutShortError(Exception):
+    """A response body ended early or broke while streaming."""
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """One object from a listing.
 
     Attributes:
         key: relative to the store's root, "/"-separated.
         size: bytes.
-        etag: S3 ETag without quotes, or "size-mtime_ns" for local files: changes when the content does.
+        etag: S3 ETag without quotes, or "size-mtime_ns" for local files: changes when the content does;
+            None when the store did not say (then the object counts as changed).
     """
 
     key: str
@@ -64,8 +88,31 @@ class ObjectStore(Protocol):
         """The object's bytes. Raises ObjectNotFoundError, ObjectTooLargeError (over `max_bytes`) or StoreError."""
         ...
 
+    def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """The object's bytes and the size and ETag of exactly those bytes (not of a listing)."""
+        ...
+
+    def tail(self, key: str, n: int) -> bytes:
+        """The object's last `n` bytes (all of it when it is shorter)."""
+        ...
+
     def put(self, key: str, data: bytes) -> None:
         """Write atomically (readers see the old object, or the whole new one)."""
+        ...
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write only if the key does not exist yet, atomically: True when this call created it.
+
+        Of several writers racing for one key exactly one gets True, and the object holds its bytes.
+        """
+        ...
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy an object within the store (server-side on S3), atomically at `dst`."""
+        ...
+
+    def check_root(self) -> None:
+        """Raise StoreError unless the store's root exists and can be listed (one request)."""
         ...
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -146,35 +193,102 @@ class LocalStore:
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         """See `ObjectStore.get`."""
+        return self.read(key, max_bytes)[0]
+
+    def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """See `ObjectStore.read`: size and ETag from the open file, so they describe the bytes read."""
         path = self._path(key)
         try:
             with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if max_bytes is not None and size > max_bytes:
+                st = os.fstat(f.fileno())
+                if max_bytes is not None and st.st_size > max_bytes:
                     limit = f"over the limit of {max_bytes} (limits.max_bytes)"
-                    raise ObjectTooLargeError(f"{path} is {size} bytes, {limit}")
-                return f.read()
-        except FileNotFoundError:
-            raise ObjectNotFoundError(f"{path} does not exist") from None
-        except IsADirectoryError:
-            raise StoreError(f"{path} is a folder, not an object") from None
-        except PermissionError:
-            raise StoreError(f"{path} is not readable: permission denied; check the file's permissions") from None
+                    raise ObjectTooLargeError(f"{path} is {st.st_size} bytes, {limit}")
+                return f.read(), _local_info(key, st)
+        except StoreError:
+            raise
+        except OSError as e:
+            raise _local_error(path, e, "read") from None
 
-    def put(self, key: str, data: bytes) -> None:
-        """See `ObjectStore.put`: written to a temporary file in the same folder, then renamed."""
-        path = self._path(safe_key(key))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+    def tail(self, key: str, n: int) -> bytes:
+        """See `ObjectStore.tail`."""
+        path = self._path(key)
         try:
+            with open(path, "rb") as f:
+                f.seek(max(os.fstat(f.fileno()).st_size - n, 0))
+                return f.read()
+        except OSError as e:
+            raise _local_error(path, e, "read") from None
+
+    def _write_tmp(self, key: str, data: bytes) -> tuple[Path, str]:
+        """(final path, temporary file beside it holding `data`, flushed to disk)."""
+        path = self._path(safe_key(key))
+        tmp = None
+        try:
+            for _ in range(3):  # a delete may remove an empty folder between mkdir and mkstemp
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+        except BaseException as e:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise _local_error(path, e, "write") from None
             raise
+        return path, tmp
+
+    def put(self, key: str, data: bytes) -> None:
+        """See `ObjectStore.put`: written to a temporary file in the same folder, then renamed."""
+        path, tmp = self._write_tmp(key, data)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _local_error(path, e, "write") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def create(self, key: str, data: bytes) -> bool:
+        """See `ObjectStore.create`: a complete temporary file hard-linked to the key (link fails if it exists)."""
+        path, tmp = self._write_tmp(key, data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise _local_error(path, e, "write") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def copy(self, src: str, dst: str) -> None:
+        """See `ObjectStore.copy`: a hard link renamed into place (no bytes copied)."""
+        source, path = self._path(src), self._path(safe_key(dst))
+        tmp = path.parent / f"{_TMP_PREFIX}{os.urandom(8).hex()}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(source, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _local_error(source if isinstance(e, FileNotFoundError) else path, e, "copy") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def check_root(self) -> None:
+        """See `ObjectStore.check_root`."""
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise ObjectNotFoundError(f"{self.root} {what}; check the path")
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise StoreAccessError(f"{self.root} is not readable: permission denied; check the folder's permissions")
 
     def head(self, key: str) -> ObjectInfo | None:
         """See `ObjectStore.head`."""
@@ -185,12 +299,53 @@ class LocalStore:
         return _local_info(key, st)
 
     def delete(self, key: str) -> None:
-        """See `ObjectStore.delete`."""
-        self._path(key).unlink(missing_ok=True)
+        """See `ObjectStore.delete`; folders left empty are removed, as S3 has no empty folders."""
+        path = self._path(key)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as e:
+            raise _local_error(path, e, "delete") from None
+        for parent in path.parents:
+            if parent == self.root or self.root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone): stop here
+                break
 
     def uri_of(self, key: str) -> str:
         """file:// URI of the object (characters percent-encoded as in `Path.as_uri`)."""
         return (self.root / key).as_uri()
+
+
+def _local_error(path: Path, e: OSError, doing: str) -> StoreError:
+    """A StoreError for a failed file operation, naming the file and the fix."""
+    if isinstance(e, FileNotFoundError):
+        return ObjectNotFoundError(f"{path} does not exist")
+    if isinstance(e, IsADirectoryError):
+        return StoreError(f"{path} is a folder, not an object")
+    if isinstance(e, PermissionError) or e.errno == errno.EROFS:
+        return StoreAccessError(f"cannot {doing} {path}: {e.strerror}; check the permissions of the folder")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreError(f"cannot {doing} {path}: {e.strerror}; free space on that disk, then run again to resume")
+    return StoreError(f"cannot {doing} {path}: {e.strerror or e}")
+
+
+#: S3 error codes that repeat until someone changes credentials, permissions or names.
+PERMANENT_CODES = {
+    "AccessDenied": "check the credentials' permissions on this bucket and prefix",
+    "AllAccessDisabled": "access to this bucket is disabled; check the bucket",
+    "AccountProblem": "the account has a problem; check it with the storage provider",
+    "ExpiredToken": "the session credentials expired; renew them",
+    "InvalidAccessKeyId": "check the credentials in the environment or profile",
+    "InvalidBucketName": "check the bucket name",
+    "InvalidToken": "check the session token in the environment or profile",
+    "NoSuchBucket": "check the bucket name and storage.endpoint_url",
+    "PermanentRedirect": "the bucket is in another region; set storage.region",
+    "AuthorizationHeaderMalformed": "the bucket is in another region; set storage.region",
+    "SignatureDoesNotMatch": "check the credentials in the environment or profile",
+    "403": "check the credentials and their permissions on this bucket and prefix",
+}
 
 
 class S3Store:
@@ -211,9 +366,14 @@ class S3Store:
         self.uri = f"s3://{bucket}/{self.prefix}"
         self.storage = storage or StorageSpec()
         s = self.storage
-        session = boto3.session.Session(profile_name=s.profile, region_name=s.region)
+        try:
+            session = boto3.session.Session(profile_name=s.profile, region_name=s.region)
+        except Exception as e:  # botocore's ProfileNotFound and friends
+            raise StoreAccessError(f"{self.uri}: {e}; check storage.profile and ~/.aws/config") from None
         config = Config(
             retries={"mode": s.retry_mode, "max_attempts": s.max_attempts},
+            connect_timeout=s.connect_timeout_s,
+            read_timeout=s.read_timeout_s,
             max_pool_connections=max_pool_connections,
         )
         self.client = session.client("s3", endpoint_url=s.endpoint_url, config=config)
@@ -223,15 +383,42 @@ class S3Store:
         return (S3Store, (self.uri, self.storage))
 
     def describe_error(self, key: str, e: Exception) -> StoreError:
-        """A StoreError naming the object, the error code and a likely fix (never credentials)."""
-        code = getattr(e, "response", {}).get("Error", {}).get("Code", type(e).__name__)
-        hint = {
-            "AccessDenied": "check the credentials' permissions on this bucket and prefix",
-            "NoSuchBucket": "check the bucket name and storage.endpoint_url",
-            "InvalidAccessKeyId": "check the credentials in the environment or profile",
-            "SignatureDoesNotMatch": "check the credentials in the environment or profile",
-        }.get(code, "see the error code; transient errors were already retried")
-        return StoreError(f"{self.uri_of(key)}: {code}; {hint}")
+        """A StoreError naming the object, the error code and the fix (never credentials).
+
+        Permanent refusals become StoreAccessError; what botocore retried without success
+        (timeouts, resets, 5xx, throttling) becomes StoreUnavailableError.
+        """
+        from botocore.exceptions import (
+            ConnectionClosedError,
+            ConnectTimeoutError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            ReadTimeoutError,
+        )
+
+        where = self.uri_of(key)
+        if isinstance(e, NoCredentialsError):
+            return StoreAccessError(
+                f"{where}: no credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, storage.profile or an "
+                "instance role"
+            )
+        if isinstance(e, EndpointConnectionError | ConnectTimeoutError | ConnectionClosedError | ReadTimeoutError):
+            endpoint = self.storage.endpoint_url or "the AWS endpoint"
+            return StoreUnavailableError(
+                f"{where}: cannot reach {endpoint} ({type(e).__name__}) after {self.storage.max_attempts} attempts; "
+                "check storage.endpoint_url and the network"
+            )
+        response = getattr(e, "response", None) or {}
+        code = str(response.get("Error", {}).get("Code", type(e).__name__))
+        status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if code in PERMANENT_CODES:
+            return StoreAccessError(f"{where}: {code}; {PERMANENT_CODES[code]}")
+        if status >= 500 or code in ("SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "503"):
+            return StoreUnavailableError(
+                f"{where}: {code} after {self.storage.max_attempts} attempts; the store is failing or throttling, "
+                "try again later or raise storage.max_attempts"
+            )
+        return StoreError(f"{where}: {code}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """See `ObjectStore.list`."""
@@ -249,16 +436,44 @@ class S3Store:
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         """See `ObjectStore.get`: the body is streamed and never read past `max_bytes`."""
+        return self.read(key, max_bytes)[0]
+
+    def _get_object(self, key: str, **kw) -> dict:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **kw)
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise ObjectNotFoundError(f"{self.uri_of(key)} does not exist") from None
             raise self.describe_error(key, e) from None
         except BotoCoreError as e:
             raise self.describe_error(key, e) from None
+
+    def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """See `ObjectStore.read`: size and ETag from the GET's own response.
+
+        botocore retries a request until its headers arrive; a body cut short after that is not
+        retried by botocore, so the whole GET is tried again here (storage.max_attempts in all).
+        """
+        attempts = self.storage.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._read_once(key, max_bytes)
+            except _BodyCutShortError as e:
+                if attempt == attempts:
+                    raise StoreUnavailableError(
+                        f"{self.uri_of(key)}: the download was cut short on all {attempts} attempts ({e}); "
+                        "check the network or raise storage.max_attempts"
+                    ) from None
+                time.sleep(min(0.1 * 2**attempt, 5.0) * random.random())
+        raise AssertionError("unreachable")
+
+    def _read_once(self, key: str, max_bytes: int | None) -> tuple[bytes, ObjectInfo]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        resp = self._get_object(key)
+        etag = resp.get("ETag", "").strip('"') or None
         body = resp["Body"]
         try:
             size = int(resp.get("ContentLength", -1))
@@ -271,7 +486,22 @@ class S3Store:
                 buf.write(chunk)
                 if max_bytes is not None and buf.tell() > max_bytes:
                     raise ObjectTooLargeError(f"{self.uri_of(key)} is over the limit of {max_bytes} bytes")
-            return buf.getvalue()
+            data = buf.getvalue()
+        except (ClientError, BotoCoreError) as e:
+            raise _BodyCutShortError(type(e).__name__) from None
+        finally:
+            body.close()
+        if size >= 0 and len(data) != size:  # a connection closed early without an error
+            raise _BodyCutShortError(f"{len(data)} of {size} bytes")
+        return data, ObjectInfo(key, len(data), etag)
+
+    def tail(self, key: str, n: int) -> bytes:
+        """See `ObjectStore.tail` (one ranged GET)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        body = self._get_object(key, Range=f"bytes=-{n}")["Body"]
+        try:
+            return body.read()
         except (ClientError, BotoCoreError) as e:
             raise self.describe_error(key, e) from None
         finally:
@@ -295,6 +525,57 @@ class S3Store:
         except (ClientError, BotoCoreError) as e:
             raise self.describe_error(key, e) from None
 
+    def create(self, key: str, data: bytes) -> bool:
+        """See `ObjectStore.create`: a conditional PUT (If-None-Match: *).
+
+        A retried request whose first try did land finds its own bytes; that counts as created, so
+        a lost response cannot make the writer believe it lost the race.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if len(data) >= self.storage.multipart_threshold:
+            raise ValueError(f"create() writes small objects only, but got {len(data)} bytes for {key!r}")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.prefix + safe_key(key), Body=data, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in (
+                "PreconditionFailed",
+                "412",
+                "ConditionalRequestConflict",
+            ):
+                raise self.describe_error(key, e) from None
+        except BotoCoreError as e:
+            raise self.describe_error(key, e) from None
+        try:
+            return self.get(key) == data
+        except ObjectNotFoundError:  # a conflicting create that did not complete: the key is still free
+            return self.create(key, data)
+
+    def copy(self, src: str, dst: str) -> None:
+        """See `ObjectStore.copy`: server-side, no bytes pass through this process."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self.prefix + src}, self.bucket, self.prefix + safe_key(dst)
+            )
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectNotFoundError(f"{self.uri_of(src)} does not exist") from None
+            raise self.describe_error(dst, e) from None
+        except BotoCoreError as e:
+            raise self.describe_error(dst, e) from None
+
+    def check_root(self) -> None:
+        """See `ObjectStore.check_root`: one ListObjectsV2 request of one key."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except (ClientError, BotoCoreError) as e:
+            raise self.describe_error("", e) from None
+
     def head(self, key: str) -> ObjectInfo | None:
         """See `ObjectStore.head`."""
         from botocore.exceptions import BotoCoreError, ClientError
@@ -311,7 +592,12 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         """See `ObjectStore.delete`."""
-        self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        except (ClientError, BotoCoreError) as e:
+            raise self.describe_error(key, e) from None
 
     def uri_of(self, key: str) -> str:
         """s3://bucket/prefix/key (the key as stored, not percent-encoded)."""

@@ -3,6 +3,10 @@
 Cached files live at `{cache}/{sha256}/{file name}`; a file lock makes actors on one machine share
 one download. A cached file is re-hashed before use, and a fetched file is hashed before it is
 moved into place, so a truncated or swapped download is never loaded.
+
+Unpinned objects (allowed by the operator only) have no hash to check a cached copy against: they
+are cached under their URI and ETag, the object is asked for its ETag at every resolve (every actor
+start), and a changed object is fetched again (an object that changes during the download is refused).
 """
 
 from __future__ import annotations
@@ -49,20 +53,29 @@ def resolve_weights(
         return path
     if sha256 is None and not allow_unpinned:
         raise CheckpointError(f"{uri} has no pinned sha256; pin one, or allow unpinned weights")
-    from workers.store import S3Store, split_s3_uri
+    from workers.store import ObjectNotFoundError, S3Store, split_s3_uri
 
     bucket, key = split_s3_uri(uri)
     name = Path(key).name
     if not key or not name:
         raise CheckpointError(f"{uri} does not name an object; write s3://BUCKET/KEY")
-    folder = (cache or cache_dir()) / (sha256 or "unpinned-" + hashlib.sha256(uri.encode()).hexdigest()[:16])
+    store = S3Store(f"s3://{bucket}", storage)
+    etag = None
+    if sha256 is None:
+        info = store.head(key)
+        if info is None:
+            raise ObjectNotFoundError(f"{uri} does not exist; check the URI")
+        if info.etag is None:
+            raise CheckpointError(f"{uri} has no ETag, so an unpinned copy cannot be checked; pin its sha256")
+        etag = info.etag
+        tag = hashlib.sha256(f"{uri}\n{etag}".encode()).hexdigest()[:24]
+    folder = (cache or cache_dir()) / (sha256 or f"unpinned-{tag}")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one download per machine; the others wait, then reuse it
         if path.is_file() and (sha256 is None or sha256_file(path) == sha256):
             return path
-        store = S3Store(f"s3://{bucket}", storage)
         fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
         os.close(fd)
         try:
@@ -70,6 +83,9 @@ def resolve_weights(
                 store.client.download_file(bucket, key, tmp)
             except Exception as e:
                 raise store.describe_error(key, e) from None
+            after = store.head(key) if etag is not None else None
+            if after is not None and after.etag != etag:
+                raise CheckpointError(f"{uri} changed while it was downloaded; run again")
             got = sha256_file(tmp)
             if sha256 is not None and got != sha256:
                 raise CheckpointError(f"{uri} has sha256 {got}, but {sha256} is pinned; check the URI or the pin")

@@ -1,0 +1,70 @@
+"""A job's fingerprint: every setting that decides what a run writes, with the hashes of its inputs.
+
+A run's plan records the fingerprint of the job that planned it; running the same run id again
+with a job whose fingerprint differs is refused, naming the fields that differ, so one run never
+holds rows made by two jobs. Settings that change only where or how fast the work runs (actors,
+batch sizes, threads, endpoints, retries) are not part of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.job import Job, normalize_uri
+from schemas.tables import SCHEMA_VERSION
+
+
+class InputHashes(BaseModel):
+    """sha256 of the files a job reads besides its images, as verified before the run.
+
+    Attributes:
+        model: the FastSAM checkpoint.
+        clip: the CLIP weights; None without prompts or with the colour-word stand-in.
+        prompt_table: the sidecar prompt table's bytes; None without one.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    clip: str | None = None
+    prompt_table: str | None = None
+
+
+def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
+    """The job's output-deciding settings, by dotted field name (JSON-serialisable values)."""
+    m, c = job.model, job.clip
+    scored = bool(job.prompts)
+    return {
+        "source.uri": normalize_uri(job.source.uri),
+        "source.include": list(job.source.include),
+        "source.extensions": list(job.source.extensions),
+        "model.sha256": hashes.model,
+        "model.imgsz": m.imgsz,
+        "model.conf": m.conf,
+        "model.iou": m.iou,
+        "model.max_det": m.max_det,
+        "model.retina": m.retina,
+        "model.half": m.half,
+        "clip.arch": c.arch if scored else None,
+        "clip.sha256": hashes.clip if scored else None,
+        "clip.min_area": c.min_area if scored else None,
+        "prompts": list(job.prompts),
+        "negative_prompts": list(job.negative_prompts),
+        "selection.mode": job.selection.mode if scored else None,
+        "selection.threshold": job.selection.threshold if scored else None,
+        "prompt_table.sha256": hashes.prompt_table,
+        "limits.max_bytes": job.limits.max_bytes,
+        "limits.max_pixels": job.limits.max_pixels,
+        "schema_version": SCHEMA_VERSION,
+    }
+
+
+def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fields whose values differ (or exist on one side only), in the recorded order."""
+    names = list(recorded) + [k for k in current if k not in recorded]
+    return [k for k in names if recorded.get(k, _MISSING) != current.get(k, _MISSING)]
+
+
+_MISSING = object()

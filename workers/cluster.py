@@ -1,0 +1,122 @@
+"""Where the Labeler actors run: an existing Ray cluster by address, or a private local one.
+
+A private local cluster belongs to the process that starts it, and to nobody else:
+
+- it is started with `address="local"`: a cluster found on the machine (`ray start`, another
+  user's job) is never joined;
+- every listener is on 127.0.0.1. Ray turns a loopback node address into the host's external
+  address unless it is told the machine is a single-node cluster; with that, the GCS, raylet,
+  workers, agents and metrics endpoints all bind loopback (a test lists the sockets);
+- token authentication is on, with a fresh random token in a 0600 file inside a 0700 folder that
+  also holds the session files and is removed at shutdown. `RAY_AUTH_MODE=disabled` in the
+  environment is refused, not silently obeyed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+#: Ray's environment variables for authentication.
+_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot be started or reached; the message says how to fix it."""
+
+
+class ClusterSettingError(ClusterError, ValueError):
+    """The environment asks for something the private cluster refuses (exit 2 in the CLI)."""
+
+
+def address_for(ray_address: str | None) -> str | None:
+    """The cluster to join: the job's (operator-checked) address, else RAY_ADDRESS; None or "local" = private."""
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
+@contextlib.contextmanager
+def connect(address: str | None) -> Iterator[None]:
+    """Ray for the duration of the block: the cluster at `address`, or a private local one when None.
+
+    When Ray is already initialised in this process (a caller's own cluster), it is used as it is
+    and left running.
+    """
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    if address is None:
+        with private_cluster():
+            yield
+        return
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except Exception as e:  # ConnectionError, TimeoutError, AuthenticationError, ...
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address}: {type(e).__name__}: {str(e).splitlines()[0]}; check "
+            "compute.ray_address (or RAY_ADDRESS), that the cluster is up, and its auth token"
+        ) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def private_cluster(num_cpus: int | None = None) -> Iterator[str]:
+    """Start a private local Ray cluster (see the module docstring); yields its GCS address.
+
+    Raises:
+        ClusterSettingError: RAY_AUTH_MODE asks for anything but token authentication.
+    """
+    import ray
+    import ray._private.ray_constants as ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.strip().lower() != "token":
+        raise ClusterSettingError(
+            f"RAY_AUTH_MODE={mode} is set, but the private local Ray cluster always uses token authentication; "
+            "unset RAY_AUTH_MODE, or run on a cluster of your own with --ray-address"
+        )
+    folder = tempfile.mkdtemp(prefix="fsl-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)  # 0700
+    token = os.path.join(folder, "auth_token")
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    saved_env = {k: os.environ.get(k) for k in _AUTH_ENV}
+    saved_cluster = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # would take precedence over the token file
+    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token})
+    # Single-node: the loopback node address stays loopback (ray._private.services.get_node_ip_address).
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    Config.initialize("")  # Ray reads RAY_AUTH_MODE into its config once; re-read it, as ray.init does
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        ctx = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=os.path.join(folder, "ray"),
+        )
+        yield ctx.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+        shutil.rmtree(folder, ignore_errors=True)
