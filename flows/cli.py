@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -128,8 +129,6 @@ def _run(args: argparse.Namespace) -> int:
     from schemas.job import load_job
 
     if args.allow_unpinned:  # this shell's user is the operator of this run
-        import os
-
         from schemas.operator import ENV_ALLOW_UNPINNED
 
         os.environ[ENV_ALLOW_UNPINNED] = "1"
@@ -143,7 +142,9 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
     The preflight runs here first, so a wrong job, store or weights file fails in seconds, before
     Prefect and Ray start.
     """
+    _offline_prefect()
     from flows.label import RunFailedError, checked_job, label_collection
+    from schemas.fingerprint import fingerprint
     from schemas.layout import RunLayout
     from workers import runs
     from workers.preflight import preflight
@@ -152,9 +153,13 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
     if not debug:
         _quiet_prefect()
     layout = RunLayout(run_id or runs.new_run_id())
-    spec = preflight(checked_job(job.model_dump(mode="json")), layout).job
-    print(f"run {layout.run_id}: labelling {job.source.uri} -> {spec.output} (resume with --run-id {layout.run_id})")
+    checked = preflight(checked_job(job.model_dump(mode="json")), layout)
+    spec = checked.job
     output = open_store(spec.output, spec.storage)
+    planned = runs.load_plan(output, layout)
+    if planned is not None:  # a resume: refuse another job now, not after Prefect and Ray have started
+        runs.check_same_job(planned, fingerprint(spec, checked.hashes))
+    print(f"run {layout.run_id}: labelling {job.source.uri} -> {spec.output} (resume with --run-id {layout.run_id})")
     try:
         with _progress(output, layout):
             summary = label_collection(job=job.model_dump(mode="json"), run_id=layout.run_id, incremental=incremental)
@@ -228,6 +233,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    _offline_prefect()
     from flows.label import checked_job, label_collection
     from schemas.job import load_job
 
@@ -367,6 +373,11 @@ class _OneLineErrors(logging.Filter):
         )
 
 
+def _offline_prefect() -> None:
+    """Settings for the temporary Prefect server a CLI run starts: no telemetry to the internet."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _quiet_prefect() -> None:
     from prefect.logging.configuration import setup_logging
 
@@ -385,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         code = exit_code_of(e)
         if code is None or args.debug:
             raise
-        message = " ".join(str(e).split()) if "\n  " not in str(e) else str(e)  # JobError lists fields per line
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return code
 
 

@@ -35,6 +35,13 @@ class JobError(ValueError):
     """A job that cannot run. The message lists every bad field with its fix."""
 
 
+def job_error(what: str, problems: list[str]) -> JobError:
+    """One line for one problem ("job is not valid: model.iou: ..."), else a line per problem."""
+    if len(problems) == 1:
+        return JobError(f"{what}: {problems[0].strip()}")
+    return JobError(f"{what} ({len(problems)} problems):\n" + "\n".join(problems))
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -374,7 +381,7 @@ def parse_job(data: Mapping, environ: Mapping[str, str] | None = None, origin: s
         return Job.model_validate(merged)
     except ValidationError as e:
         lines = [_describe(err) for err in e.errors(include_url=False)]
-        raise JobError(f"{origin} is not valid ({len(lines)} problem(s)):\n" + "\n".join(lines)) from None
+        raise job_error(f"{origin} is not valid", lines) from None
 
 
 def load_job(path: str | Path | None = None, environ: Mapping[str, str] | None = None, **fields: Any) -> Job:

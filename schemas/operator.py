@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.job import Job, JobError, normalize_uri
+from schemas.job import Job, JobError, job_error, normalize_uri
 
 ENV_ALLOW_UNPINNED = "FASTSAM_LABEL_ALLOW_UNPINNED"
 ENV_RAY_ADDRESS = "FASTSAM_LABEL_RAY_ADDRESS"
@@ -84,9 +84,7 @@ class OperatorPolicy(BaseModel):
                         f"  {field}: {uri} is not under an allowed location ({ENV_WEIGHTS_FROM}: {allowed})"
                     )
         if problems:
-            raise JobError(
-                f"job is not allowed by the operator's settings ({len(problems)} problem(s)):\n" + "\n".join(problems)
-            )
+            raise job_error("job is not allowed by the operator's settings", problems)
         if self.ray_address is None or asked == self.ray_address:
             return job
         return job.model_copy(update={"compute": job.compute.model_copy(update={"ray_address": self.ray_address})})

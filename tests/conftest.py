@@ -62,6 +62,15 @@ def bucket(s3_endpoint, request):
     return name
 
 
+@pytest.fixture(scope="module")
+def prefect_harness():
+    """Prefect's test harness: a temporary server and database for the module's flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     """Run the tests that connect to an external Ray cluster before any test starts a local one.
 

@@ -107,3 +107,32 @@ def plan_for(job, run_id: str, incremental: bool = False):
     checked = preflight(job, layout)
     source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
     return runs.plan_run(checked.job, source, output, layout, fingerprint(checked.job, checked.hashes), incremental)
+
+
+def flow_job(source: str, output: str, **extra) -> dict:
+    """A small job (colour-word prompts, the shipped model, 1 actor) as the flow's parameter."""
+    from schemas import parse_job
+
+    data = {
+        "source": {"uri": source},
+        "output": output,
+        "prompts": ["red", "blue"],
+        "clip": {"arch": "color-words"},
+        "compute": {"shard_size": 4, "num_actors": 1, "cpus_per_actor": 1, "batch_size": 2},
+    }
+    data.update(extra)
+    return parse_job(data, environ={}).model_dump(mode="json")
+
+
+def with_attempt_file(store, key: str, source_key: str, attempt_id: str) -> None:
+    """Write at `key` the table at `source_key` with another attempt id in its Parquet footer."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from schemas.tables import ATTEMPT_KEY
+    from workers.shards import parquet_bytes
+
+    table = pq.read_table(io.BytesIO(store.get(source_key)))
+    meta = {**(table.schema.metadata or {}), ATTEMPT_KEY: attempt_id.encode()}
+    store.put(key, parquet_bytes(table.replace_schema_metadata(meta)))

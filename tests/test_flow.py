@@ -21,31 +21,11 @@ from flows.cli import main
 from flows.label import label_collection
 from schemas import RunLayout, parse_job
 from tests.corpus import corpus
-from tests.helpers import plan_for, scene_bytes
+from tests.helpers import flow_job, plan_for, scene_bytes
 from workers.decode import decode_image
 from workers.store import LocalStore
 
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-def _job(source: str, output: str, **extra) -> dict:
-    data = {
-        "source": {"uri": source},
-        "output": output,
-        "prompts": ["red", "blue"],
-        "clip": {"arch": "color-words"},
-        "compute": {"shard_size": 4, "num_actors": 1, "cpus_per_actor": 1, "batch_size": 2},
-    }
-    data.update(extra)
-    return parse_job(data, environ={}).model_dump(mode="json")
 
 
 def _table(root: str, name: str):
@@ -58,7 +38,7 @@ def test_end_to_end_on_loopback_s3(s3_endpoint, bucket, prefect_harness):
     objects.update({k: v for k, (v, _) in corpus().items() if k.startswith("bad/") and k != "bad/big.jpg"})
     for key, data in objects.items():
         s3.put_object(Bucket=bucket, Key=f"in/{key}", Body=data)
-    job = _job(f"s3://{bucket}/in", f"s3://{bucket}/out", storage={"endpoint_url": s3_endpoint})
+    job = flow_job(f"s3://{bucket}/in", f"s3://{bucket}/out", storage={"endpoint_url": s3_endpoint})
     summary = label_collection(job=job, run_id="e2e")
     assert summary["state"] == "committed" and summary["shards_done"] == summary["shards_planned"] == 4
     assert summary["counts"]["objects"] == len(objects) and summary["counts"]["labelled"] == 10
@@ -114,7 +94,7 @@ def test_incremental_run_labels_only_new_and_changed(tmp_path, prefect_harness):
     src.mkdir()
     for i in range(6):
         (src / f"{i}.jpg").write_bytes(scene_bytes(i))
-    job = _job(str(src), str(tmp_path / "out"))
+    job = flow_job(str(src), str(tmp_path / "out"))
     first = label_collection(job=job, run_id="day-1")
     assert first["counts"]["objects"] == 6
     (src / "6.jpg").write_bytes(scene_bytes(6))
@@ -141,7 +121,7 @@ def test_resume_after_the_flow_process_is_killed(tmp_path, prefect_harness):
     for i in range(24):
         (src / f"img-{i:02d}.jpg").write_bytes(scene_bytes(100 + i, 240, 320))
     job_file = tmp_path / "job.yaml"
-    job_file.write_text(yaml.safe_dump(_job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})))
+    job_file.write_text(yaml.safe_dump(flow_job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}  # its own ephemeral server
     cmd = [sys.executable, "-m", "flows.cli", "run", str(job_file), "--run-id", "killed"]
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -187,7 +167,7 @@ def test_a_failed_shard_is_labelled_once_and_blocks_the_commit(tmp_path, prefect
     src.mkdir()
     for i in range(6):
         (src / f"{i}.jpg").write_bytes(scene_bytes(i))
-    job = _job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})
+    job = flow_job(str(src), str(tmp_path / "out"), compute={"shard_size": 2})
     spec = parse_job(job, environ={})
     plan_for(spec, "broken")
     out, layout = LocalStore(tmp_path / "out"), RunLayout("broken")
@@ -217,7 +197,7 @@ def test_a_bad_prompt_table_fails_the_run_before_any_work(tmp_path, prefect_harn
 
     (tmp_path / "src").mkdir()
     (tmp_path / "p.jsonl").write_text('{"key": "a.jpg", "box": [5, 5, 1, 1]}\n')
-    job = _job(str(tmp_path / "src"), str(tmp_path / "out"), prompt_table=str(tmp_path / "p.jsonl"))
+    job = flow_job(str(tmp_path / "src"), str(tmp_path / "out"), prompt_table=str(tmp_path / "p.jsonl"))
     with pytest.raises(PromptTableError, match=r"row 0: 'box' must be"):
         label_collection(job=job, run_id="bad-table")
     assert not (tmp_path / "out").exists()  # nothing planned or written

@@ -50,7 +50,7 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(JobError) as e:
         parse_job({**BASE, "model": {"imgsz": 33, "iou": -1}, "compute": {"batch_size": 0}}, environ={})
     msg = str(e.value)
-    assert "3 problem(s)" in msg and "model.imgsz" in msg and "model.iou" in msg and "compute.batch_size" in msg
+    assert "(3 problems):" in msg and "model.imgsz" in msg and "model.iou" in msg and "compute.batch_size" in msg
 
 
 def test_environment_overrides_nested_fields():

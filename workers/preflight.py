@@ -26,7 +26,7 @@ from workers.store import StoreError, open_store
 from workers.weights import resolve_weights
 
 #: Attempts per store request during the preflight (botocore's, with its backoff).
-PREFLIGHT_ATTEMPTS = 2
+PREFLIGHT_ATTEMPTS = 3
 #: Seconds to open a connection during the preflight.
 PREFLIGHT_CONNECT_TIMEOUT_S = 3.0
 

@@ -1,0 +1,55 @@
+"""Operator settings: what a run parameter cannot change."""
+
+import pytest
+
+from flows.label import checked_job
+from schemas import JobError, parse_job
+from schemas.operator import OperatorPolicy
+
+BASE = {"source": {"uri": "s3://in/x"}, "output": "s3://out/y"}
+UNPINNED = {"model": {"checkpoint": "s3://m/a.pt", "allow_unpinned": True}}
+HEAD, EVIL = "ray://head:10001", "ray://evil:10001"
+ONLY_OK = {"FASTSAM_LABEL_WEIGHTS_FROM": "s3://models/ok/"}
+
+
+def _job(**extra):
+    return parse_job({**BASE, **extra}, environ={})
+
+
+@pytest.mark.parametrize(
+    "env, job, error",
+    [
+        ({}, UNPINNED, "model.allow_unpinned: unpinned"),
+        ({}, {"prompts": ["a"], "clip": {"weights": "/w.bin", "allow_unpinned": True}}, "clip.allow_unpinned"),
+        ({"FASTSAM_LABEL_ALLOW_UNPINNED": "1"}, UNPINNED, None),
+        ({"FASTSAM_LABEL_ALLOW_UNPINNED": "maybe"}, {}, "is not a boolean"),
+        ({"FASTSAM_LABEL_RAY_ADDRESS": HEAD}, {"compute": {"ray_address": EVIL}}, "cannot send"),
+        ({"FASTSAM_LABEL_RAY_ADDRESS": HEAD}, {"compute": {"ray_address": HEAD}}, None),
+        (ONLY_OK, {"model": {"checkpoint": "s3://models/okay.pt", "sha256": "a" * 64}}, "not under"),
+        (ONLY_OK, {"model": {"checkpoint": "s3://models/ok/x.pt", "sha256": "a" * 64}}, None),
+        ({}, {"compute": {"ray_address": "ray://anywhere:10001"}}, None),  # no operator setting: the job decides
+    ],
+)  # fmt: skip
+def test_policy(env, job, error):
+    policy_job = _job(**job)
+    if error is None:
+        assert OperatorPolicy.from_env(env).apply(policy_job).compute.ray_address == (
+            env.get("FASTSAM_LABEL_RAY_ADDRESS") or policy_job.compute.ray_address
+        )
+    else:
+        with pytest.raises(JobError, match=error):
+            OperatorPolicy.from_env(env).apply(policy_job)
+
+
+def test_the_operators_cluster_is_filled_in():
+    job = OperatorPolicy.from_env({"FASTSAM_LABEL_RAY_ADDRESS": "ray://head:10001"}).apply(_job())
+    assert job.compute.ray_address == "ray://head:10001"
+
+
+def test_a_flow_parameter_cannot_turn_unpinned_weights_on(monkeypatch):
+    monkeypatch.delenv("FASTSAM_LABEL_ALLOW_UNPINNED", raising=False)
+    params = _job(model={"checkpoint": "s3://m/a.pt", "allow_unpinned": True}).model_dump(mode="json")
+    with pytest.raises(JobError, match="the operator has not set FASTSAM_LABEL_ALLOW_UNPINNED=1"):
+        checked_job(params)
+    monkeypatch.setenv("FASTSAM_LABEL_ALLOW_UNPINNED", "1")
+    assert checked_job(params).model.allow_unpinned
