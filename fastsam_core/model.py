@@ -70,7 +70,8 @@ class FastSAMModel:
         use_half = dev.type == "cuda" if half is None else bool(half)
         if use_half and dev.type != "cuda":
             raise ValueError("half precision needs a CUDA device; use half=False on the CPU")
-        net, _ = load_checkpoint(str(path), device=dev, fuse=True)
+        net, _ = load_checkpoint(str(path), device=dev, fuse=False)
+        net = net.fuse(verbose=False).eval()  # fused as ultralytics' predictor does, without printing a summary
         if not isinstance(getattr(net, "model", [None])[-1], Segment):
             raise CheckpointError(f"model file {path} is not a segmentation model (a YOLOv8-seg / FastSAM checkpoint)")
         net = net.half() if use_half else net.float()

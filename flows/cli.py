@@ -380,10 +380,13 @@ def _offline_prefect() -> None:
 
 def _quiet_prefect() -> None:
     from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
 
     setup_logging()  # Prefect's handlers exist from here on (it would set them up at the first run)
-    for handler in logging.getLogger("prefect").handlers:
-        if not any(isinstance(f, _OneLineErrors) for f in handler.filters):
+    for handler in logging.getLogger().handlers:  # its console handler is the root logger's
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _OneLineErrors) for f in handler.filters
+        ):
             handler.addFilter(_OneLineErrors())
 
 

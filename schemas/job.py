@@ -187,7 +187,8 @@ class ComputeSpec(_Spec):
             waiting for the model: bounds memory by size, not count. An image larger than this is
             decoded alone.
         ray_address: an existing cluster ("ray://host:10001", "host:6379", "auto"); None = start a local one.
-        max_shard_attempts: tries per shard when actors die, >= 1.
+        max_shard_attempts: actor deaths on one shard before it is split to find the object that kills
+            its actor (recorded as worker_lost, the rest labelled), >= 1.
     """
 
     shard_size: int = Field(256, ge=1, le=1_000_000)
@@ -199,7 +200,7 @@ class ComputeSpec(_Spec):
     prefetch: int = Field(8, ge=1, le=4096)
     read_ahead_pixels: int = Field(100_000_000, ge=1)
     ray_address: str | None = None
-    max_shard_attempts: int = Field(3, ge=1, le=100)
+    max_shard_attempts: int = Field(2, ge=1, le=100)
 
 
 class LimitsSpec(_Spec):
@@ -355,7 +356,7 @@ def _merge(base: dict, over: Mapping) -> dict:
 
 
 def _describe(err: dict) -> str:
-    where = ".".join(str(p) for p in err["loc"]) or "job"
+    where = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown field; check the spelling (credentials never go in the job: use the environment or a profile)"
@@ -367,7 +368,7 @@ def _describe(err: dict) -> str:
     # Our own checks (value_error) already quote the value; pydantic's built-in ones do not.
     if err["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, dict | list):
         msg += f" (got {got!r})"
-    return f"  {where}: {msg}"
+    return f"  {where}: {msg}" if where else f"  {msg}"
 
 
 def parse_job(data: Mapping, environ: Mapping[str, str] | None = None, origin: str = "job") -> Job:

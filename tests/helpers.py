@@ -95,8 +95,11 @@ def scene_bytes(seed: int, h: int = 160, w: int = 192, fmt: str = "JPEG") -> byt
     return buf.getvalue()
 
 
-def plan_for(job, run_id: str, incremental: bool = False):
-    """Preflight and plan a run as the flow does (workers.runs.Plan), without Prefect or Ray."""
+def plan_for(job, run_id: str, incremental: bool = False, source=None):
+    """Preflight and plan a run as the flow does (workers.runs.Plan), without Prefect or Ray.
+
+    `source` replaces the store the job's source URI names (for stores that misbehave on purpose).
+    """
     from schemas.fingerprint import fingerprint
     from schemas.layout import RunLayout
     from workers import runs
@@ -105,7 +108,8 @@ def plan_for(job, run_id: str, incremental: bool = False):
 
     layout = RunLayout(run_id)
     checked = preflight(job, layout)
-    source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
+    source = source or open_store(job.source.uri, job.storage)
+    output = open_store(job.output, job.storage)
     return runs.plan_run(checked.job, source, output, layout, fingerprint(checked.job, checked.hashes), incremental)
 
 

@@ -92,3 +92,72 @@ def test_pixel_limit_is_checked_on_the_header(limit, ok):
     assert e.value.kind == ("decode_error" if ok else "too_large")
     if not ok:
         assert "50x50" in str(e.value) and "limits.max_pixels" in str(e.value)
+
+
+_MAKE_PNG = """
+import sys, numpy as np
+from PIL import Image
+w = h = 10000
+a = np.empty((h, w, 4), np.uint8)
+a[..., 0] = (np.arange(w) % 251).astype(np.uint8)[None, :]
+a[..., 1] = (np.arange(h) % 241).astype(np.uint8)[:, None]
+a[..., 2] = 90
+a[..., 3] = (np.arange(w) % 256).astype(np.uint8)[None, :]
+Image.fromarray(a, "RGBA").save(sys.argv[1], compress_level=1)
+"""
+
+_DECODE = """
+import gc, json, resource, sys
+import numpy as np
+from workers.decode import decode_image
+data = open(sys.argv[1], "rb").read()
+gc.collect()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rgb = decode_image(data, "big.png", 100_000_000).rgb
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+x = np.arange(10000)
+a = x % 256
+expect_r = ((x % 251) * a + 255 * (255 - a) + 127) // 255
+expect_b = (90 * a + 255 * (255 - a) + 127) // 255
+rows_ok = all(
+    (rgb[y, :, 0] == expect_r).all() and (rgb[y, :, 2] == expect_b).all()
+    and (rgb[y, :, 1] == ((y % 241) * a + 255 * (255 - a) + 127) // 255).all()
+    for y in (0, 4095, 4096, 9999)
+)
+print(json.dumps({"kib": peak - base, "shape": list(rgb.shape), "rows_ok": bool(rows_ok)}))
+"""
+
+
+def test_a_100_megapixel_rgba_png_decodes_in_bounded_memory(tmp_path):
+    """About 7.7 bytes per pixel (Pillow's RGBA + our RGB + strips); the uint16 composite took 30."""
+    import json
+    import subprocess
+    import sys
+
+    png = tmp_path / "big.png"
+    subprocess.run([sys.executable, "-c", _MAKE_PNG, str(png)], check=True)
+    done = subprocess.run([sys.executable, "-c", _DECODE, str(png)], check=True, capture_output=True, text=True)
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["shape"] == [10000, 10000, 3] and got["rows_ok"]
+    assert got["kib"] * 1024 / 1e8 <= 8.5  # bytes per pixel above the process's baseline
+
+
+def test_pillows_own_bomb_guard_does_not_override_max_pixels():
+    data = png_claiming(20000, 10000)  # 200 MP: over Pillow's 2 x 89 MP refusal, under our limit below
+    with pytest.raises(ImageError) as e:
+        decode_image(data, "h", 250_000_000)
+    assert e.value.kind == "decode_error"  # the header passed; the (absent) pixel data failed
+    with pytest.raises(ImageError, match=r"20000x10000 = 200000000 pixels, over the limit of 199999999"):
+        decode_image(data, "h", 199_999_999)
+
+
+def test_decoding_reserves_pixels_from_a_hold():
+    from workers.readahead import PixelBudget
+
+    budget = PixelBudget(10**6)
+    hold = budget.hold(0)
+    img = decode_image(CORPUS["good/plain scene.jpg"][0], "x", 10**6, hold)
+    assert hold.pixels == img.rgb.shape[0] * img.rgb.shape[1] == budget.used
+    hold.release()
+    hold.release()
+    assert budget.used == 0

@@ -17,7 +17,6 @@ from tests.helpers import scene_bytes
 from workers import commit
 from workers.decode import decode_image
 from workers.labeler import Labeler
-from workers.readahead import ShapeBatcher, read_ahead
 from workers.shards import cut, list_source, read_shard_list, write_shard_list
 from workers.store import open_store
 
@@ -275,30 +274,11 @@ def test_ray_data_callable_returns_one_row_per_image(labelled):
         labelled["labeler"]({"path": np.array(["x"])})
 
 
-def test_read_ahead_keeps_order_and_bounds_the_queue():
-    from concurrent.futures import ThreadPoolExecutor
-
-    started = []
-
-    def work(i, x):
-        assert i == x
-        started.append(x)
-        return x * x
-
-    with ThreadPoolExecutor(4) as pool:
-        gen = read_ahead(pool, work, range(100), depth=3)
-        assert next(gen) == 0
-        assert len(started) <= 4  # 3 submitted ahead, plus the one replacing the first
-        assert list(gen) == [x * x for x in range(1, 100)]
-
-
-def test_shape_batcher_batches_equal_shapes_and_bounds_waiting():
-    b = ShapeBatcher(batch_size=2, max_waiting=3)
-    assert b.add("a1", (10, 10, 3)) == []
-    assert b.add("b1", (20, 10, 3)) == []
-    assert b.add("a2", (10, 10, 3)) == [["a1", "a2"]]  # full
-    assert b.add("c1", (30, 10, 3)) == []
-    assert b.add("d1", (40, 10, 3)) == []
-    assert b.add("e1", (50, 10, 3)) == [["b1"]]  # 4 waiting > 3: the largest (first) group goes
-    assert sorted(b.flush()) == [["c1"], ["d1"], ["e1"]]
-    assert b.flush() == []
+def test_a_one_pixel_read_ahead_budget_labels_the_same(labelled):
+    """Every image decoded alone (the budget is smaller than any image): same rows, no deadlock."""
+    job = labelled["job"]
+    tight = job.model_copy(update={"compute": job.compute.model_copy(update={"read_ahead_pixels": 1})})
+    objs = read_shard_list(labelled["labeler"].output, LAYOUT, 1)
+    part = Labeler(tight).label_objects(LAYOUT, 1, objs)
+    published = _table(labelled["client"], labelled["bucket"], f"out/runs/{RUN}/masks/shard-00001.parquet", "masks")
+    assert part.masks.equals(published.replace_schema_metadata(part.masks.schema.metadata))

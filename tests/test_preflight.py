@@ -68,7 +68,11 @@ def _cases(tmp_path, s3_endpoint, bucket):
             r"clip\.weights: weights file .*w\.bin does not exist; check the path",
         ),
         "bad run id": (["run", "--source", str(src), "--output", out, "--run-id", "../up"], 2, r"run id '\.\./up'"),
-        "output inside the source": (["run", "--source", str(src), "--output", str(src)], 2, r"output must differ"),
+        "output inside the source": (
+            ["run", "--source", str(src), "--output", str(src)],
+            2,
+            r"job is not valid: output must differ",
+        ),
     }  # fmt: skip
 
 

@@ -57,3 +57,17 @@ def test_local_paths_are_returned_as_they_are(tmp_path):
     p.write_bytes(DATA)
     assert resolve_weights(str(p), SHA) == p
     assert resolve_weights(p.as_uri(), SHA) == p
+
+
+def test_unpinned_weights_are_revalidated_and_fetched_again_when_changed(s3_endpoint, bucket, weights_uri, tmp_path):
+    spec = StorageSpec(endpoint_url=s3_endpoint)
+    first = resolve_weights(weights_uri, None, allow_unpinned=True, storage=spec, cache=tmp_path)
+    assert first.read_bytes() == DATA
+    assert resolve_weights(weights_uri, None, allow_unpinned=True, storage=spec, cache=tmp_path) == first  # cached
+    new = b"retrained weights" * 500
+    boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=bucket, Key="models/w v1.pt", Body=new)
+    second = resolve_weights(weights_uri, None, allow_unpinned=True, storage=spec, cache=tmp_path)
+    assert second != first and second.read_bytes() == new  # a changed object is never served from the cache
+    boto3.client("s3", endpoint_url=s3_endpoint).delete_object(Bucket=bucket, Key="models/w v1.pt")
+    with pytest.raises(StoreError, match=r"w v1\.pt does not exist"):
+        resolve_weights(weights_uri, None, allow_unpinned=True, storage=spec, cache=tmp_path)

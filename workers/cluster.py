@@ -70,8 +70,13 @@ def connect(address: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def private_cluster(num_cpus: int | None = None) -> Iterator[str]:
+def private_cluster(num_cpus: int | None = None, runtime_env: dict | None = None) -> Iterator[str]:
     """Start a private local Ray cluster (see the module docstring); yields its GCS address.
+
+    Args:
+        num_cpus: CPUs the cluster offers; None = the machine's.
+        runtime_env: Ray's runtime environment for every worker (environment variables, a
+            `worker_process_setup_hook`); None = the driver's environment as it is.
 
     Raises:
         ClusterSettingError: RAY_AUTH_MODE asks for anything but token authentication.
@@ -103,6 +108,7 @@ def private_cluster(num_cpus: int | None = None) -> Iterator[str]:
         ctx = ray.init(
             address="local",
             num_cpus=num_cpus,
+            runtime_env=runtime_env,
             include_dashboard=False,
             logging_level=logging.WARNING,
             _node_ip_address="127.0.0.1",

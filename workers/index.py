@@ -104,8 +104,9 @@ def unseen(listing: pa.Table, index: pa.Table) -> np.ndarray:
     mask = np.ones(listing.num_rows, bool)
     if index.num_rows == 0 or listing.num_rows == 0:
         return mask
-    seen = index.select(["uri", "etag"]).group_by(["uri", "etag"]).aggregate([])  # distinct pairs
-    pos = listing.select(["uri", "etag"]).append_column("_pos", pa.array(np.arange(listing.num_rows)))
+    keys = pa.schema([("uri", pa.string()), ("etag", pa.string())])  # an all-null ETag column is typed too
+    seen = index.select(["uri", "etag"]).cast(keys).group_by(["uri", "etag"]).aggregate([])  # distinct pairs
+    pos = listing.select(["uri", "etag"]).cast(keys).append_column("_pos", pa.array(np.arange(listing.num_rows)))
     hit = pos.join(seen, keys=["uri", "etag"], join_type="inner")["_pos"]  # null ETags never join
     mask[hit.to_numpy()] = False
     return mask

@@ -47,8 +47,8 @@ class PixelBudget:
     A reader reserves an image's pixels after reading its header and before decoding it, and the
     consumer releases them once the image is labelled. A reservation waits while the budget is
     spent, except for the image at the head of the line (the consumer is waiting for it, so it
-    cannot wait for the consumer) and when nothing is reserved (an image larger than the budget is
-    decoded alone). Peak: `pixels` plus one image.
+    cannot wait for the consumer) and when nothing is reserved, so an image larger than the budget
+    still goes through. Peak: `pixels` plus one image.
     """
 
     def __init__(self, pixels: int):
@@ -110,7 +110,8 @@ class ShapeBatcher:
 
     Ultralytics letterboxes a batch of one shape to the smallest stride-multiple rectangle, but a
     batch of mixed shapes to a square, so an image's masks would depend on its batch neighbours.
-    Batching only equal shapes makes every image's output equal to labelling it alone.
+    Batching only equal shapes makes every image's masks equal to labelling it alone (box scores
+    may differ in the last float bits, about 1e-7, as convolution kernels sum a batch differently).
     """
 
     def __init__(self, batch_size: int, max_waiting: int):
