@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
     from fastsam_core.synthetic import make_scene
-    from schemas import parse_job
+    from schemas import RunLayout, parse_job
     from workers.labeler import Labeler
-    from workers.shards import list_source, read_shard_list, write_shard_list
+    from workers.shards import list_source, write_shard_list
     from workers.store import open_store
 
     fake = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     what = "colour-word prompts" if args.prompts else "no prompts"
     print(f"{args.images} JPEG images {h}x{w}, S3 GET +{args.latency_ms:.0f} ms, small model, {what}, CPU")
     rates = {}
-    for name, compute in configs.items():
+    for k, (name, compute) in enumerate(configs.items()):
         job = parse_job(
             {
                 "source": {"uri": "s3://bench/src"},
@@ -74,17 +74,19 @@ def main(argv: list[str] | None = None) -> None:
             environ={},
         )
         out = open_store(job.output, job.storage)
-        write_shard_list(out, "bench", 0, list_source(open_store(job.source.uri, job.storage), job.source))
+        listing = list_source(open_store(job.source.uri, job.storage), job.source)
+        assert listing.num_rows == args.images
         labeler = Labeler(job)
 
         def slow(delay=args.latency_ms / 1000, **_):
             time.sleep(delay)
 
         labeler.source.client.meta.events.register("before-send.s3.GetObject", slow)
-        assert len(read_shard_list(out, "bench", 0)) == args.images
         best = None
-        for _ in range(args.repeats):
-            s = labeler.label_shard("bench", 0)
+        for r in range(args.repeats):
+            layout = RunLayout(f"bench-{k}-{r}")  # a fresh run each time: a done shard is not labelled again
+            write_shard_list(out, layout, 0, listing)
+            s = labeler.label_shard(layout.run_id, 0)
             best = s if best is None or s.seconds < best.seconds else best
         rates[name] = args.images / best.seconds
         stages = ", ".join(f"{k} {v:.2f}" for k, v in best.stage_seconds.items())

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ def _earlier_run(out: Path, n: int, legacy: bool) -> None:
         },
         schema=IMAGES_SCHEMA,
     )
-    step = 250_000  # the images tables of a few big shards
+    step = 256  # the images tables of shards of the default size
     for s, start in enumerate(range(0, n, step)):
         store.put(layout.table("images", s), parquet_bytes(images.slice(start, step)))
     if not legacy:
@@ -74,6 +73,7 @@ def _earlier_run(out: Path, n: int, legacy: bool) -> None:
 
 def _plan(out: Path, n: int, new: int) -> dict:
     from schemas import RunLayout, parse_job
+    from tests.memory import peak_rss_bytes
     from workers import runs
     from workers.store import LocalStore
 
@@ -81,7 +81,7 @@ def _plan(out: Path, n: int, new: int) -> dict:
     t0 = time.perf_counter()
     plan = runs.plan_run(job, ListingStore(n + new), LocalStore(out), RunLayout("next"), {}, incremental=True)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_bytes() / 2**20
     return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak), "listed": plan.listed, "planned": plan.objects}
 
 

@@ -51,9 +51,9 @@ def test_only_objects_labelled_for_good_with_a_known_etag_are_indexed():
 def test_unseen_matches_uri_and_etag_and_never_a_missing_etag():
     listing = pa.table({"uri": ["s3://b/a", "s3://b/b", "s3://copy/a", "s3://b/c"], "etag": ["1", "2x", "1", None]})
     seen = pa.table({"uri": ["s3://b/a", "s3://b/b", "s3://b/c"], "etag": ["1", "2", None], "run_id": ["r"] * 3})
-    assert index.unseen(listing, seen).tolist() == [False, True, True, True]
+    assert index.unseen(listing, seen).to_pylist() == [False, True, True, True]
     no_etags = pa.table({"uri": ["s3://b/a", "s3://b/b"], "etag": [None, None]})  # a null-typed column
-    assert index.unseen(no_etags, seen).tolist() == [True, True]
+    assert index.unseen(no_etags, seen).to_pylist() == [True, True]
 
 
 def test_a_part_counts_once_its_run_is_committed_and_compaction_keeps_every_row(tmp_path, monkeypatch):

@@ -13,11 +13,11 @@ from pycocotools import mask as mask_utils
 from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
 from schemas import RunLayout, check_table, parse_job
 from tests.corpus import MAX_BYTES, corpus
-from tests.helpers import scene_bytes
+from tests.helpers import plan_for, scene_bytes
 from workers import commit
 from workers.decode import decode_image
 from workers.labeler import Labeler
-from workers.shards import cut, list_source, read_shard_list, write_shard_list
+from workers.shards import read_shard_list
 from workers.store import open_store
 
 RUN = "run-1"
@@ -77,10 +77,9 @@ def labelled(s3_endpoint):
         },
         environ={},
     )
-    source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
-    shards = cut(list_source(source, job.source), job.compute.shard_size)
-    for i, objs in enumerate(shards):
-        write_shard_list(output, LAYOUT, i, objs)
+    plan = plan_for(job, RUN)
+    output = open_store(job.output, job.storage)
+    shards = [read_shard_list(output, LAYOUT, i) for i in range(plan.shards)]
     client.delete_object(Bucket=bucket, Key=f"src/{GONE}")
     client.put_object(Bucket=bucket, Key=f"src/{CHANGED}", Body=scene_bytes(77, fmt="BMP"))
     labeler = Labeler(job)

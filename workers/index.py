@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import logging
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -99,17 +98,29 @@ def load(output: ObjectStore) -> pa.Table:
     raise RuntimeError(f"the index under {output.uri_of(INDEX)} kept changing while it was read; try again")
 
 
-def unseen(listing: pa.Table, index: pa.Table) -> np.ndarray:
-    """(N,) bool over `listing` (columns uri, etag): True where no index row has the same URI and ETag."""
-    mask = np.ones(listing.num_rows, bool)
-    if index.num_rows == 0 or listing.num_rows == 0:
-        return mask
-    keys = pa.schema([("uri", pa.string()), ("etag", pa.string())])  # an all-null ETag column is typed too
-    seen = index.select(["uri", "etag"]).cast(keys).group_by(["uri", "etag"]).aggregate([])  # distinct pairs
-    pos = listing.select(["uri", "etag"]).cast(keys).append_column("_pos", pa.array(np.arange(listing.num_rows)))
-    hit = pos.join(seen, keys=["uri", "etag"], join_type="inner")["_pos"]  # null ETags never join
-    mask[hit.to_numpy()] = False
-    return mask
+def uris(source: ObjectStore, keys: pa.ChunkedArray | pa.Array, chunk: int = 100_000) -> pa.ChunkedArray:
+    """source.uri_of(key) for every key, built a chunk at a time (no list of a million strings)."""
+    parts = []
+    for start in range(0, len(keys), chunk):
+        parts.append(pa.array([source.uri_of(k) for k in keys.slice(start, chunk).to_pylist()], pa.string()))
+    return pa.chunked_array(parts, pa.string())
+
+
+def _pair_keys(uri: pa.ChunkedArray, etag: pa.ChunkedArray) -> pa.ChunkedArray:
+    """One string per (uri, etag); null where the ETag is unknown. A newline cannot be in an ETag."""
+    return pc.binary_join_element_wise(uri.cast(pa.string()), etag.cast(pa.string()), "\n")
+
+
+def unseen(listing: pa.Table, index: pa.Table) -> pa.ChunkedArray:
+    """(N,) bool over `listing` (columns uri, etag): True where no index row has the same URI and ETag.
+
+    An object whose ETag is unknown never matches, so it counts as unseen.
+    """
+    if listing.num_rows == 0:
+        return pa.chunked_array([pa.array([], pa.bool_())])
+    wanted = _pair_keys(listing["uri"], listing["etag"])
+    seen = pc.is_in(wanted, value_set=_pair_keys(index["uri"], index["etag"]).combine_chunks(), skip_nulls=True)
+    return pc.fill_null(pc.invert(seen), True)
 
 
 def add_run(output: ObjectStore, run_id: str, images: list[pa.Table]) -> None:

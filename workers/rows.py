@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fastsam_core.batch import MaskBatch
 from schemas.manifest import ShardSummary
 from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA, ImageStatus
+
+if TYPE_CHECKING:
+    from fastsam_core.batch import MaskBatch
 
 STAGES = ("read", "decode", "segment", "score")
 

@@ -22,7 +22,7 @@ from schemas.job import Job, JobError
 from schemas.layout import RunLayout, parse_shard
 from schemas.manifest import RunManifest, RunState, RunSummary, ShardMarker, ShardState
 from workers import commit, index
-from workers.shards import cut, list_source, read_parquet, write_shard_list
+from workers.shards import list_source, read_parquet, write_shard_list
 from workers.store import ObjectNotFoundError, ObjectStore
 
 #: Parallel requests when a commit reads or repairs many shards.
@@ -109,26 +109,30 @@ def plan_run(
         check_same_job(existing, fingerprint)
         return existing
     objects = list_source(source, job.source)
-    listed = len(objects)
+    listed = objects.num_rows
     if not listed:
         s = job.source
         filters = f"extensions {', '.join(s.extensions)}" + (f", include {list(s.include)}" if s.include else "")
         raise EmptySourceError(
             f"source {source.uri} holds no object this job labels ({filters}); check source.uri and the filters"
         )
+    pool = pa.default_memory_pool()
+    pool.release_unused()  # Arrow's allocator keeps freed pages: building a big listing leaves many
     if incremental:
-        listing = pa.table({"uri": [source.uri_of(o.key) for o in objects], "etag": [o.etag for o in objects]})
-        keep = index.unseen(listing, index.load(output))
-        objects = [o for o, k in zip(objects, keep, strict=True) if k]
-    shards = cut(objects, job.compute.shard_size)
-    for i, objs in enumerate(shards):
-        write_shard_list(output, layout, i, objs)
+        listing = pa.table({"uri": index.uris(source, objects["key"]), "etag": objects["etag"]})
+        objects = objects.filter(index.unseen(listing, index.load(output)))
+        del listing
+        pool.release_unused()
+    size = job.compute.shard_size
+    shards = (objects.num_rows + size - 1) // size
+    for i in range(shards):
+        write_shard_list(output, layout, i, objects.slice(i * size, size))
     plan = Plan(
         run_id=layout.run_id,
-        shards=len(shards),
-        objects=len(objects),
+        shards=shards,
+        objects=objects.num_rows,
         listed=listed,
-        skipped=listed - len(objects),
+        skipped=listed - objects.num_rows,
         incremental=incremental,
         fingerprint=fingerprint,
         created_at=datetime.now(UTC),

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.job import SourceSpec
@@ -40,26 +40,34 @@ def read_parquet(store: ObjectStore, key: str, expected: str) -> pa.Table:
     return table
 
 
-def list_source(store: ObjectStore, spec: SourceSpec) -> list[ObjectInfo]:
-    """The objects a job labels: listed (paginated), filtered by extension and globs, sorted by key."""
-    return sorted((o for o in store.list() if spec.wants(o.key)), key=lambda o: o.key)
+def list_source(store: ObjectStore, spec: SourceSpec, chunk: int = 10_000) -> pa.Table:
+    """The objects a job labels, as a SHARD_SCHEMA table (key, size, etag) sorted by key.
+
+    The listing is streamed page by page and kept as Arrow columns (about 80 bytes per object),
+    never as a list of Python objects; only keys the job wants (extension, globs) are kept.
+    """
+    batches, keys, sizes, etags = [], [], [], []
+
+    def flush() -> None:
+        batches.append(pa.record_batch([keys, sizes, etags], schema=SHARD_SCHEMA))
+        keys.clear(), sizes.clear(), etags.clear()
+
+    for o in store.list():
+        if spec.wants(o.key):
+            keys.append(o.key), sizes.append(o.size), etags.append(o.etag)
+            if len(keys) >= chunk:
+                flush()
+    flush()
+    table = pa.Table.from_batches(batches, schema=SHARD_SCHEMA)
+    key = table["key"]
+    if len(key) > 1 and pc.any(pc.less(key.slice(1), key.slice(0, len(key) - 1))).as_py():
+        table = table.sort_by("key")  # stores list in key order; a local folder might not
+    return table
 
 
-def cut(objects: list[ObjectInfo], shard_size: int) -> list[list[ObjectInfo]]:
-    """Consecutive shards of at most `shard_size` objects (the last may be shorter)."""
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, but got {shard_size}")
-    return [objects[i : i + shard_size] for i in range(0, len(objects), shard_size)]
-
-
-def write_shard_list(store: ObjectStore, layout: RunLayout, shard_id: int, objects: Iterable[ObjectInfo]) -> None:
-    """Write a shard's work list to the output store."""
-    objs = list(objects)
-    table = pa.table(
-        {"key": [o.key for o in objs], "size": [o.size for o in objs], "etag": [o.etag for o in objs]},
-        schema=SHARD_SCHEMA,
-    )
-    store.put(layout.shard_list(shard_id), parquet_bytes(table))
+def write_shard_list(store: ObjectStore, layout: RunLayout, shard_id: int, objects: pa.Table) -> None:
+    """Write a shard's work list (rows of a `list_source` table) to the output store."""
+    store.put(layout.shard_list(shard_id), parquet_bytes(objects.cast(SHARD_SCHEMA)))
 
 
 def read_shard_list(store: ObjectStore, layout: RunLayout, shard_id: int) -> list[ObjectInfo]:

@@ -11,6 +11,7 @@ outside the output prefix.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -331,6 +332,9 @@ def _local_error(path: Path, e: OSError, doing: str) -> StoreError:
     return StoreError(f"cannot {doing} {path}: {e.strerror or e}")
 
 
+#: S3 error codes of a conditional write that found the key taken (or a concurrent one in flight).
+_CONDITION_FAILED = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+
 #: S3 error codes that repeat until someone changes credentials, permissions or names.
 PERMANENT_CODES = {
     "AccessDenied": "check the credentials' permissions on this bucket and prefix",
@@ -420,35 +424,39 @@ class S3Store:
             )
         return StoreError(f"{where}: {code}")
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """See `ObjectStore.list`."""
+    @contextlib.contextmanager
+    def _requests(self, key: str, missing: str | None = None) -> Iterator[None]:
+        """Turn botocore's errors inside the block into StoreErrors naming `key` (see describe_error).
+
+        Args:
+            key: the object the requests are about, for messages.
+            missing: the key to name in ObjectNotFoundError when the store answers NoSuchKey/404;
+                None = that answer is an error like any other.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         try:
+            yield
+        except ClientError as e:
+            if missing is not None and e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFoundError(f"{self.uri_of(missing)} does not exist") from None
+            raise self.describe_error(key, e) from None
+        except BotoCoreError as e:
+            raise self.describe_error(key, e) from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """See `ObjectStore.list`."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        with self._requests(prefix):
             for page in pages:
                 for obj in page.get("Contents", ()):
                     key = obj["Key"][len(self.prefix) :]
                     if key and not obj["Key"].endswith("/"):
                         yield ObjectInfo(key, int(obj["Size"]), obj.get("ETag", "").strip('"') or None)
-        except (ClientError, BotoCoreError) as e:
-            raise self.describe_error(prefix, e) from None
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         """See `ObjectStore.get`: the body is streamed and never read past `max_bytes`."""
         return self.read(key, max_bytes)[0]
-
-    def _get_object(self, key: str, **kw) -> dict:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, **kw)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectNotFoundError(f"{self.uri_of(key)} does not exist") from None
-            raise self.describe_error(key, e) from None
-        except BotoCoreError as e:
-            raise self.describe_error(key, e) from None
 
     def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
         """See `ObjectStore.read`: size and ETag from the GET's own response.
@@ -472,7 +480,8 @@ class S3Store:
     def _read_once(self, key: str, max_bytes: int | None) -> tuple[bytes, ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        resp = self._get_object(key)
+        with self._requests(key, missing=key):
+            resp = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key)
         etag = resp.get("ETag", "").strip('"') or None
         body = resp["Body"]
         try:
@@ -497,23 +506,19 @@ class S3Store:
 
     def tail(self, key: str, n: int) -> bytes:
         """See `ObjectStore.tail` (one ranged GET)."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        body = self._get_object(key, Range=f"bytes=-{n}")["Body"]
-        try:
-            return body.read()
-        except (ClientError, BotoCoreError) as e:
-            raise self.describe_error(key, e) from None
-        finally:
-            body.close()
+        with self._requests(key, missing=key):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + key, Range=f"bytes=-{n}")["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
 
     def put(self, key: str, data: bytes) -> None:
         """See `ObjectStore.put`; multipart at or above storage.multipart_threshold bytes."""
         from boto3.s3.transfer import TransferConfig
-        from botocore.exceptions import BotoCoreError, ClientError
 
         full = self.prefix + safe_key(key)
-        try:
+        with self._requests(key):
             if len(data) < self.storage.multipart_threshold:
                 self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
             else:
@@ -522,8 +527,6 @@ class S3Store:
                     multipart_chunksize=self.storage.multipart_threshold,
                 )
                 self.client.upload_fileobj(io.BytesIO(data), self.bucket, full, Config=cfg)
-        except (ClientError, BotoCoreError) as e:
-            raise self.describe_error(key, e) from None
 
     def create(self, key: str, data: bytes) -> bool:
         """See `ObjectStore.create`: a conditional PUT (If-None-Match: *).
@@ -531,22 +534,17 @@ class S3Store:
         A retried request whose first try did land finds its own bytes; that counts as created, so
         a lost response cannot make the writer believe it lost the race.
         """
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import ClientError
 
         if len(data) >= self.storage.multipart_threshold:
             raise ValueError(f"create() writes small objects only, but got {len(data)} bytes for {key!r}")
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self.prefix + safe_key(key), Body=data, IfNoneMatch="*")
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") not in (
-                "PreconditionFailed",
-                "412",
-                "ConditionalRequestConflict",
-            ):
-                raise self.describe_error(key, e) from None
-        except BotoCoreError as e:
-            raise self.describe_error(key, e) from None
+        with self._requests(key):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self.prefix + safe_key(key), Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") not in _CONDITION_FAILED:
+                    raise
         try:
             return self.get(key) == data
         except ObjectNotFoundError:  # a conflicting create that did not complete: the key is still free
@@ -554,50 +552,29 @@ class S3Store:
 
     def copy(self, src: str, dst: str) -> None:
         """See `ObjectStore.copy`: server-side, no bytes pass through this process."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._requests(dst, missing=src):
             self.client.copy(
                 {"Bucket": self.bucket, "Key": self.prefix + src}, self.bucket, self.prefix + safe_key(dst)
             )
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise ObjectNotFoundError(f"{self.uri_of(src)} does not exist") from None
-            raise self.describe_error(dst, e) from None
-        except BotoCoreError as e:
-            raise self.describe_error(dst, e) from None
 
     def check_root(self) -> None:
         """See `ObjectStore.check_root`: one ListObjectsV2 request of one key."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._requests(""):
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
-        except (ClientError, BotoCoreError) as e:
-            raise self.describe_error("", e) from None
 
     def head(self, key: str) -> ObjectInfo | None:
         """See `ObjectStore.head`."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise self.describe_error(key, e) from None
-        except BotoCoreError as e:
-            raise self.describe_error(key, e) from None
+            with self._requests(key, missing=key):
+                resp = self.client.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ObjectNotFoundError:
+            return None
         return ObjectInfo(key, int(resp["ContentLength"]), resp.get("ETag", "").strip('"') or None)
 
     def delete(self, key: str) -> None:
         """See `ObjectStore.delete`."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._requests(key):
             self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key)
-        except (ClientError, BotoCoreError) as e:
-            raise self.describe_error(key, e) from None
 
     def uri_of(self, key: str) -> str:
         """s3://bucket/prefix/key (the key as stored, not percent-encoded)."""
