@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test demo lint format bench bench-labeler tiny-model
+.PHONY: setup test demo lint format bench bench-labeler bench-plan tiny-model
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,10 @@ bench: setup
 bench-labeler: setup
 	$(PY) -m tests.bench_labeler
 	$(PY) -m tests.bench_labeler --prompts
+
+# Planning an incremental run after 1,000,000 earlier objects: the index against the old scan, in one run.
+bench-plan: setup
+	$(PY) -m tests.bench_plan
 
 # Remake the shipped small model (about 10 minutes on 2 CPU cores).
 tiny-model: setup

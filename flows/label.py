@@ -183,9 +183,10 @@ def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease
 
     Raises:
         StoreAccessError: a shard failed because a store refuses access (every other shard would too).
+        PoolError: no Labeler actor could start.
         RunBusyError: another flow took the run over.
     """
-    from workers.pool import LabelerPool, ShardError
+    from workers.pool import LabelerPool, PoolError, ShardError
 
     failed: dict[int, str] = {}
     labelled = 0
@@ -209,8 +210,8 @@ def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease
                     continue
                 err = fut.result(raise_on_failure=False)
                 cause = err.cause if isinstance(err, ShardError) else err
-                if isinstance(cause, StoreAccessError):
-                    raise cause  # the store refuses us: every other shard would fail the same way
+                if isinstance(cause, StoreAccessError | PoolError):
+                    raise cause  # the store refuses us, or no actor can run: every other shard would fail too
                 failed[shard_id] = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(err)
     return failed, labelled
 

@@ -17,6 +17,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from flows.cli import main
@@ -53,6 +54,7 @@ def test_s3_faults_are_ridden_out_and_change_nothing(s3_endpoint, bucket, prefec
         job = flow_job(f"s3://{bucket}/src", f"s3://{bucket}/faulty", storage=storage, compute=compute)
         summary = label_collection(job=job, run_id="faulty")
     assert summary["state"] == "committed" and summary["counts"]["labelled"] == 10
+    print(f"faults injected: {dict(proxy.injected)} in {proxy.requests} requests")
     assert set(proxy.injected) == set(KINDS) and sum(proxy.injected.values()) >= 30, proxy.injected
     clean = flow_job(
         f"s3://{bucket}/src", f"s3://{bucket}/clean", storage={"endpoint_url": s3_endpoint}, compute=compute
@@ -215,3 +217,21 @@ def test_a_healthy_run_listens_on_loopback_only_and_prints_no_warnings(tmp_path)
     assert len(tokens) == 1 and not Path(next(iter(tokens))).parent.exists()  # its private folder is gone
     noisy = [line for line in output.splitlines() if re.search(r"\b(ERROR|WARNING|Traceback)\b", line)]
     assert noisy == [], "\n".join(noisy)
+
+
+def test_a_source_with_nothing_to_label_is_refused_before_anything_is_written(tmp_path):
+    from schemas import JobError
+    from workers.runs import EmptySourceError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "notes.txt").write_text("not an image")
+    job = parse_job({"source": {"uri": str(src)}, "output": str(tmp_path / "out")}, environ={})
+    with pytest.raises(EmptySourceError) as e:
+        plan_for(job, "empty")
+    assert isinstance(e.value, JobError)  # exit 2 in the CLI
+    assert str(e.value) == (
+        f"source {src.as_uri()} holds no object this job labels (extensions .jpg, .jpeg, .png, .webp, .bmp, "
+        ".tif, .tiff, .gif); check source.uri and the filters"
+    )
+    assert not (tmp_path / "out/runs/empty").exists()

@@ -24,6 +24,8 @@ def test_deployment_is_runnable(deployment):
     job = parse_job(deployment["parameters"]["job"], environ={})
     assert job.output.startswith("s3://") and job.prompts
     assert set(deployment["parameters"]) <= {"job", "run_id", "incremental"}
+    assert job.compute.ray_address is None  # an operator setting (FASTSAM_LABEL_RAY_ADDRESS), not a parameter
+    assert not job.model.allow_unpinned and not job.clip.allow_unpinned
     for schedule in deployment.get("schedules", []):
         CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
     assert deployment["work_pool"]["name"] == "fastsam-label"

@@ -53,3 +53,32 @@ def test_a_flow_parameter_cannot_turn_unpinned_weights_on(monkeypatch):
         checked_job(params)
     monkeypatch.setenv("FASTSAM_LABEL_ALLOW_UNPINNED", "1")
     assert checked_job(params).model.allow_unpinned
+
+
+@pytest.mark.parametrize(
+    "error, retried",
+    [
+        ("StoreUnavailableError", True),  # the store was unreachable or throttling after botocore's retries
+        ("StoreAccessError", False),
+        ("ObjectNotFoundError", False),
+        ("transient ShardError", True),
+        ("ShardError", False),
+        ("RuntimeError", False),
+    ],
+)
+def test_prefect_retries_only_what_may_pass(error, retried):
+    from prefect.states import Failed
+
+    from flows.label import transient_only
+    from workers.pool import ShardError
+    from workers.store import ObjectNotFoundError, StoreAccessError, StoreUnavailableError
+
+    exc = {
+        "StoreUnavailableError": StoreUnavailableError("x: SlowDown"),
+        "StoreAccessError": StoreAccessError("x: AccessDenied"),
+        "ObjectNotFoundError": ObjectNotFoundError("x does not exist"),
+        "transient ShardError": ShardError("shard 1", StoreUnavailableError("x: 503")),
+        "ShardError": ShardError("shard 1", ValueError("not parquet")),
+        "RuntimeError": RuntimeError("bug"),
+    }[error]
+    assert transient_only(None, None, Failed(data=exc)) is retried
