@@ -81,3 +81,28 @@ def test_the_head_of_the_line_never_waits_for_later_items():
     thread.join(timeout=60)
     assert not thread.is_alive(), "read-ahead deadlocked"
     assert result == [[0, 1, 2]] and budget.peak == 180
+
+
+def test_a_consumer_that_stops_does_not_leave_readers_waiting():
+    budget = PixelBudget(100)
+
+    def consume() -> None:
+        with ThreadPoolExecutor(4) as pool:
+            try:
+                for _ in read_ahead(pool, lambda i, size: _taken(budget, i, size), [90] * 8, 4, budget.head):
+                    raise MemoryError("the model ran out of memory")  # holding item 0's pixels
+            except MemoryError:
+                pass
+            finally:
+                budget.close()
+
+    thread = threading.Thread(target=consume)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "readers waiting for pixels kept the pool from shutting down"
+
+
+def _taken(budget: PixelBudget, i: int, size: int):
+    hold = budget.hold(i)
+    hold.take(size)
+    return hold

@@ -187,14 +187,17 @@ class Labeler:
         batcher = ShapeBatcher(c.batch_size, max_waiting=c.prefetch)
         budget = PixelBudget(c.read_ahead_pixels)
         with ThreadPoolExecutor(c.read_threads, thread_name_prefix="fastsam-read") as pool:
-            loads = read_ahead(pool, lambda i, obj: self._load(obj, budget.hold(i)), objects, c.prefetch, budget.head)
-            for res, rgb, hold in loads:
-                results.append(res)
-                if rgb is not None:
-                    for batch in batcher.add((res, rgb, hold), rgb.shape):
-                        self._label_batch(batch)
-            for batch in batcher.flush():
-                self._label_batch(batch)
+            try:
+                loads = read_ahead(pool, lambda i, o: self._load(o, budget.hold(i)), objects, c.prefetch, budget.head)
+                for res, rgb, hold in loads:
+                    results.append(res)
+                    if rgb is not None:
+                        for batch in batcher.add((res, rgb, hold), rgb.shape):
+                            self._label_batch(batch)
+                for batch in batcher.flush():
+                    self._label_batch(batch)
+            finally:  # on an error, readers waiting for pixels must not keep the pool from shutting down
+                budget.close()
         return results
 
     def _load(self, obj: ObjectInfo, hold: PixelHold) -> tuple[rows.ImageResult, np.ndarray | None, PixelHold]:

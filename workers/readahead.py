@@ -58,6 +58,7 @@ class PixelBudget:
         self.used = 0
         self.peak = 0  # most pixels reserved at once (for tests and benchmarks)
         self._head = 0
+        self._closed = False
         self._cond = threading.Condition()
 
     def head(self, seq: int) -> None:
@@ -70,9 +71,15 @@ class PixelBudget:
         """A reservation handle for item `seq` (nothing reserved yet)."""
         return PixelHold(self, seq)
 
+    def close(self) -> None:
+        """The consumer has stopped: let every waiting reader through (so its pool can shut down)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
     def _acquire(self, n: int, seq: int) -> None:
         with self._cond:
-            while self.used and self.used + n > self.pixels and seq != self._head:
+            while self.used and self.used + n > self.pixels and seq != self._head and not self._closed:
                 self._cond.wait()
             self.used += n
             self.peak = max(self.peak, self.used)
