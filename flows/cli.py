@@ -250,6 +250,36 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from schemas.job import StorageSpec
+    from workers.committed import MaskFilter
+    from workers.export import ExportOptions, export_run
+
+    keep = MaskFilter(
+        min_score=args.min_score,
+        min_stability=args.min_stability,
+        min_area=args.min_area,
+        labelled_only=args.labelled_only,
+        prompts=tuple(args.prompt),
+        limit=args.limit,
+    )
+    options = ExportOptions(
+        args.to, args.dest, keep, args.force, args.ls_shape, args.image_root, args.image_url_template
+    )
+    summary = export_run(args.output, args.run_id, options, StorageSpec(endpoint_url=args.endpoint_url))
+    print(json.dumps(asdict(summary), indent=2))
+    left = ", ".join(f"{n} {why}" for why, n in summary.left_out.items())
+    print(
+        f"exported run {args.run_id} as {args.to}: {summary.images} images, {summary.annotations} masks"
+        + (f" (left out: {left})" if left else "")
+        + f" -> {summary.dest}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -318,6 +348,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_flags(sv)
     sv.set_defaults(func=_serve)
 
+    ex = sub.add_parser("export", help="a committed run as COCO, Label Studio or YOLO files", description=_EXPORT_HELP)
+    ex.add_argument("run_id", help="the run id")
+    ex.add_argument(
+        "--output", required=True, help="the job's output the run is under (s3://bucket/prefix or a folder)"
+    )
+    ex.add_argument("--to", required=True, choices=["coco", "label-studio", "yolo"], help="the format")
+    ex.add_argument("--dest", required=True, help="folder or s3:// prefix to write to (empty, unless --force)")
+    ex.add_argument("--min-score", type=float, help="keep masks with a detector score at least this")
+    ex.add_argument("--min-stability", type=float, help="keep masks with a stability at least this")
+    ex.add_argument("--min-area", type=int, help="keep masks of at least this many pixels")
+    ex.add_argument("--labelled-only", action="store_true", help="keep only masks with a label")
+    ex.add_argument("--prompt", action="append", default=[], help="keep masks labelled with this prompt; repeatable")
+    ex.add_argument("--limit", type=int, help="only the first N labelled images (a trial import)")
+    ex.add_argument("--force", action="store_true", help="write into a destination that is not empty")
+    ex.add_argument("--ls-shape", default="brush", choices=["brush", "polygon", "both"], help="Label Studio shapes")
+    ex.add_argument("--image-root", help="Label Studio: document root of local files (default: the source folder)")
+    ex.add_argument("--image-url-template", help="Label Studio: image URL template with {key}, {uri}, {path}")
+    ex.add_argument("--endpoint-url", help="S3-compatible endpoint")
+    ex.set_defaults(func=_export)
+
     d = sub.add_parser("demo", help="the whole pipeline offline, on sample images")
     d.add_argument("--workdir", type=Path, default=Path("fastsam-label-demo"), help="where the tables are written")
     d.add_argument("--images", type=int, default=24, help="synthetic images to generate (plus two photos)")
@@ -329,6 +379,11 @@ _SERVE_HELP = """Serve label-collection as a Prefect deployment with a cron sche
 pointing at a Prefect server, or runs against a temporary local one). Scheduled runs are incremental
 unless --full: each labels only the objects that are new or changed since the earlier runs."""
 
+_EXPORT_HELP = """Write a committed run for review or training tools: coco (pycocotools, CVAT "COCO 1.0",
+FiftyOne COCODetectionDataset), label-studio (tasks with brush and/or polygon predictions, and the
+labeling config), yolo (segmentation label files, data.yaml, the list of source URIs). Errored images
+are left out; the filters choose masks."""
+
 _RUN_HELP = """Label every image under the job's source and write the tables under {output}/runs/{run_id}/.
 Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""
 
@@ -338,21 +393,31 @@ EXIT_CODES = {
     "done": 0,
     "failed": 1,  # some shard failed, or some file could not be read (segment)
     "invalid": 2,  # the job or its inputs: a field, a weights file or hash, the prompt table, the source
-    "nothing": 3,  # nothing was labelled
+    "nothing": 3,  # nothing was labelled (export: the filters select nothing)
     "unreachable": 4,  # storage or the cluster cannot be reached or refuses access
     "busy": 5,  # another flow holds the run
+    "not_committed": 6,  # export: the run is not committed yet
+    "not_empty": 7,  # export: the destination holds files (no --force)
 }
 
 
 def exit_code_of(e: BaseException) -> int | None:
     """The exit code for an error the CLI explains in one line; None for a bug (shown with its traceback)."""
     from workers.cluster import ClusterError
+    from workers.committed import NothingSelectedError, RunNotCommittedError
+    from workers.export import DestinationNotEmptyError
     from workers.lease import RunBusyError
     from workers.pool import PoolError
     from workers.store import ObjectNotFoundError, StoreError
 
     if isinstance(e, RunBusyError):
         return EXIT_CODES["busy"]
+    if isinstance(e, RunNotCommittedError):
+        return EXIT_CODES["not_committed"]
+    if isinstance(e, DestinationNotEmptyError):
+        return EXIT_CODES["not_empty"]
+    if isinstance(e, NothingSelectedError):
+        return EXIT_CODES["nothing"]
     if isinstance(e, ObjectNotFoundError | ValueError):  # JobError, CheckpointError, PromptTableError, ...
         return EXIT_CODES["invalid"]
     if isinstance(e, StoreError | ClusterError | PoolError):

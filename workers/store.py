@@ -16,6 +16,7 @@ import errno
 import io
 import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -99,6 +100,10 @@ class ObjectStore(Protocol):
 
     def put(self, key: str, data: bytes) -> None:
         """Write atomically (readers see the old object, or the whole new one)."""
+        ...
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Write a local file's contents, streamed from disk (not read into memory), atomically."""
         ...
 
     def create(self, key: str, data: bytes) -> bool:
@@ -256,6 +261,19 @@ class LocalStore:
             raise _local_error(path, e, "write") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def put_file(self, key: str, path: Path) -> None:
+        """See `ObjectStore.put_file`: copied beside the key, then renamed."""
+        target = self._path(safe_key(key))
+        tmp = target.parent / f"{_TMP_PREFIX}{os.urandom(8).hex()}"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except OSError as e:
+            raise _local_error(target, e, "write") from None
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def create(self, key: str, data: bytes) -> bool:
         """See `ObjectStore.create`: a complete temporary file hard-linked to the key (link fails if it exists)."""
@@ -527,6 +545,19 @@ class S3Store:
                     multipart_chunksize=self.storage.multipart_threshold,
                 )
                 self.client.upload_fileobj(io.BytesIO(data), self.bucket, full, Config=cfg)
+
+    def put_file(self, key: str, path: Path) -> None:
+        """See `ObjectStore.put_file`: multipart from storage.multipart_threshold bytes."""
+        from boto3.s3.transfer import TransferConfig
+
+        t = self.storage.multipart_threshold
+        with self._requests(key):
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                self.prefix + safe_key(key),
+                Config=TransferConfig(multipart_threshold=t, multipart_chunksize=t),
+            )
 
     def create(self, key: str, data: bytes) -> bool:
         """See `ObjectStore.create`: a conditional PUT (If-None-Match: *).
