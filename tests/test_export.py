@@ -240,3 +240,18 @@ def test_an_s3_destination_that_refuses_writes(synthetic, s3_endpoint, capsys):
         code = _export(synthetic, "syn", "coco", "s3://anywhere/exports", endpoint=proxy.url)
     assert code == 4
     assert "AccessDenied" in capsys.readouterr().err
+
+
+def test_the_export_flow_writes_what_the_cli_writes(synthetic, tmp_path, prefect_harness):
+    from flows.export import export_run
+
+    summary = export_run(
+        run_id="syn", output=synthetic.uri, to="yolo", dest=str(tmp_path / "flow"), filters={"labelled_only": True}
+    )
+    assert _export(synthetic, "syn", "yolo", str(tmp_path / "cli"), "--labelled-only") == 0
+    flow_files = sorted(p.relative_to(tmp_path / "flow") for p in (tmp_path / "flow").rglob("*") if p.is_file())
+    cli_files = sorted(p.relative_to(tmp_path / "cli") for p in (tmp_path / "cli").rglob("*") if p.is_file())
+    assert flow_files == cli_files and len(flow_files) == summary["images"] + 2
+    for rel in flow_files:
+        assert (tmp_path / "flow" / rel).read_bytes() == (tmp_path / "cli" / rel).read_bytes()
+    assert yaml.safe_load((tmp_path / "flow/data.yaml").read_text())["names"] == {0: "red", 1: "blue", 2: "green"}
