@@ -280,6 +280,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from schemas.job import StorageSpec
+    from workers import report
+    from workers.committed import CommittedRun
+    from workers.shards import read_parquet
+    from workers.store import open_store
+
+    run = CommittedRun(open_store(args.output, StorageSpec(endpoint_url=args.endpoint_url)), args.run_id)
+    storage = StorageSpec(
+        **{**run.manifest.job.get("storage", {}), **({"endpoint_url": args.endpoint_url} if args.endpoint_url else {})}
+    )
+    source = open_store(run.manifest.job["source"]["uri"], storage)
+    images = [read_parquet(run.output, run.layout.table("images", s.shard_id), "images") for s in run.manifest.shards]
+    page = report.build(run.output, source, run.layout, run.manifest, images)
+    run.output.put(run.layout.report, page.encode())
+    print(run.output.uri_of(run.layout.report))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -367,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--image-url-template", help="Label Studio: image URL template with {key}, {uri}, {path}")
     ex.add_argument("--endpoint-url", help="S3-compatible endpoint")
     ex.set_defaults(func=_export)
+
+    rp = sub.add_parser("report", help="write a committed run's HTML report again (runs/RUN/report.html)")
+    rp.add_argument("run_id", help="the run id")
+    rp.add_argument(
+        "--output", required=True, help="the job's output the run is under (s3://bucket/prefix or a folder)"
+    )
+    rp.add_argument("--endpoint-url", help="S3-compatible endpoint (default: the job's)")
+    rp.set_defaults(func=_report)
 
     d = sub.add_parser("demo", help="the whole pipeline offline, on sample images")
     d.add_argument("--workdir", type=Path, default=Path("fastsam-label-demo"), help="where the tables are written")

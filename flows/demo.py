@@ -88,5 +88,6 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
         run = workdir / "labels" / "runs" / summary["run_id"]
         print(f"\ntables: {run}/images/ (one row per object) and {run}/masks/ (one row per mask)")
         print(f"manifest: {run}/manifest.json")
+        print(f"report: {run}/report.html (open it in a browser)")
         print(f"read them: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{run}/masks').to_table())\"")
     return code

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import wait
 from prefect.tasks import exponential_backoff
@@ -33,7 +33,7 @@ from schemas.operator import OperatorPolicy
 from workers import runs
 from workers.lease import RunBusyError, RunLease
 from workers.preflight import preflight
-from workers.store import StoreAccessError, open_store
+from workers.store import ObjectStore, StoreAccessError, open_store
 
 
 def code_version() -> str:
@@ -174,7 +174,7 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
                 summary,
             )
         summary = commit_task(spec, layout.run_id, started).model_copy(update=extra)
-    _report(summary)
+    _report(summary, output, layout)
     return summary.model_dump(mode="json")
 
 
@@ -216,12 +216,14 @@ def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease
     return failed, labelled
 
 
-def _report(summary: RunSummary) -> None:
-    create_markdown_artifact(
-        markdown=report_markdown(summary),
-        key=f"fastsam-label-{_artifact_key(summary.run_id)}",
-        description="run summary",
-    )
+def _report(summary: RunSummary, output: ObjectStore | None = None, layout: RunLayout | None = None) -> None:
+    """The Markdown artifact, a link artifact to the run's HTML report when there is one, and the last line."""
+    key = _artifact_key(summary.run_id)
+    create_markdown_artifact(markdown=report_markdown(summary), key=f"fastsam-label-{key}", description="run summary")
+    if output is not None and layout is not None and output.head(layout.report) is not None:
+        link = output.uri_of(layout.report)
+        create_link_artifact(link=link, link_text=f"run report {summary.run_id}", key=f"fastsam-label-report-{key}")
+        print(f"report: {link}")
     print(summary.one_line())
 
 

@@ -7,6 +7,7 @@
     runs/{run_id}/done/shard-{n:05d}.json           the shard's marker (ShardMarker); created once
     runs/{run_id}/_attempts/{attempt}/{table}/shard-{n:05d}.parquet   an attempt's tables before publishing
     runs/{run_id}/manifest.json                     at commit
+    runs/{run_id}/report.html                       at commit: the run report (workers.report)
     runs/{run_id}/_SUCCESS                          written last: the run is committed
     index/part-{run_id}.parquet                     objects a committed run labelled (INDEX_SCHEMA)
     index/base-{run_id}.parquet                     parts merged by a compaction
@@ -109,6 +110,11 @@ class RunLayout:
     def manifest(self) -> str:
         """The manifest (RunManifest as JSON), written at commit."""
         return self.prefix + "manifest.json"
+
+    @property
+    def report(self) -> str:
+        """The run report (self-contained HTML), written at commit."""
+        return self.prefix + "report.html"
 
     @property
     def success(self) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.stats import MaskStats
 from schemas.tables import SCHEMA_VERSION
 
 
@@ -34,6 +35,7 @@ class ShardSummary(BaseModel):
             (read, decode, segment, score) plus write (the shard's table uploads).
         seconds: wall seconds of the whole shard.
         models: sha256 of every model that labelled rows, by role ("fastsam", "clip").
+        mask_stats: distributions of the shard's masks (for the run report).
         worker: host and process that did the work (for diagnosis only; outputs do not depend on it).
     """
 
@@ -50,6 +52,7 @@ class ShardSummary(BaseModel):
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
     models: dict[str, list[str]] = Field(default_factory=dict)
+    mask_stats: MaskStats = Field(default_factory=MaskStats)
     worker: str = ""
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.manifest import ShardSummary
+from schemas.stats import MaskStats
 from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA, ImageStatus
 
 if TYPE_CHECKING:
@@ -248,5 +249,6 @@ def shard_summary(run_id: str, shard_id: int, attempt_id: str, part: ShardPart, 
         stage_seconds=dict(part.stage_seconds),
         seconds=seconds,
         models=part.models,
+        mask_stats=MaskStats.of_masks(part.masks),
         worker=part.worker,
     )

@@ -21,9 +21,9 @@ from schemas.fingerprint import differences
 from schemas.job import Job, JobError
 from schemas.layout import RunLayout, parse_shard
 from schemas.manifest import RunManifest, RunState, RunSummary, ShardMarker, ShardState
-from workers import commit, index
+from workers import commit, index, report
 from workers.shards import list_source, read_parquet, write_shard_list
-from workers.store import ObjectNotFoundError, ObjectStore
+from workers.store import ObjectNotFoundError, ObjectStore, open_store
 
 #: Parallel requests when a commit reads or repairs many shards.
 _IO_THREADS = 16
@@ -183,7 +183,9 @@ def commit_run(
     code_version: str,
     started_at: datetime,
 ) -> RunManifest:
-    """Settle every shard, index the run, write the manifest and _SUCCESS; a committed run is left as it is.
+    """Settle every shard, write the manifest and the report, index the run, write _SUCCESS.
+
+    A committed run is left as it is.
 
     Raises:
         RunIncompleteError: naming the shards that are not done.
@@ -226,6 +228,7 @@ def commit_run(
         finished_at=datetime.now(UTC),
     )
     output.put(layout.manifest, manifest.model_dump_json(indent=2).encode())
+    report.write(output, open_store(job.source.uri, job.storage), layout, manifest, images)
     index.add_run(output, layout.run_id, images)
     output.put(layout.success, b"")
     return manifest
