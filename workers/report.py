@@ -41,7 +41,8 @@ PALETTE = (
 THUMB = 320  # longest side of a thumbnail, pixels
 SAMPLE = 12  # images in the run's sample
 MAX_MASKS = 60  # masks drawn per thumbnail (highest scores)
-MAX_ERRORS = 500  # errored objects listed (the images table has them all)
+MAX_PLACEHOLDERS = 60  # errored objects shown as placeholders in the grid
+MAX_ERRORS = 500  # errored objects listed in the table (the images table has them all)
 
 
 def _e(text: object) -> str:
@@ -79,6 +80,15 @@ def _thumbnail(rgb: np.ndarray, masks: list[dict], prompts: list[str]) -> str:
         f'<svg viewBox="0 0 {tw} {th}" width="{tw}" height="{th}"><image href="{uri}" width="{tw}" height="{th}"/>'
         + "".join(shapes) + '<g class="labels">' + "".join(texts) + "</g></svg>"
     )  # fmt: skip
+
+
+def _placeholder(row: dict) -> str:
+    """An errored object in the grid: its kind and its error where its thumbnail would be."""
+    error = (row["error"] or "")[:160]
+    return (
+        f'<figure class="thumb"><div class="placeholder"><b>{_e(row["status"])}</b><br>{_e(error)}</div>'
+        f"<figcaption>{_e(row['key'])}</figcaption></figure>"
+    )
 
 
 def _bars(title: str, counts: list[int], labels: list[str], log_note: str = "") -> str:
@@ -206,8 +216,7 @@ def build(
         + _label_bars(stats.labels, prompts) + "</div>",
         f"<h2>Errored objects ({0 if errored is None else errored.num_rows})</h2>"
         '<div class="grid">'
-        + "".join(f'<figure class="thumb"><div class="placeholder">{_e(e["status"])}</div>'
-                  f'<figcaption>{_e(e["key"])}</figcaption></figure>' for e in errors[:60]) + "</div>"
+        + "".join(_placeholder(e) for e in errors[:MAX_PLACEHOLDERS]) + "</div>"
         + '<table class="errors"><tr><th>object</th><th>status</th><th>error</th></tr>'
         + "".join(f"<tr><td>{_e(e['key'])}</td><td>{_e(e['status'])}</td><td>{_e(e['error'])}</td></tr>"
                   for e in errors)
@@ -244,8 +253,9 @@ table {{ border-collapse: collapse; }} td, th {{ padding: 2px 10px 2px 0; text-a
 .thumb {{ margin: 0; background: #fff; border: 1px solid #ddd; padding: 6px; max-width: 332px; }}
 .thumb figcaption {{ font-size: 12px; color: #444; word-break: break-all; }}
 .thumb text {{ font: bold 12px sans-serif; paint-order: stroke; stroke: #000; stroke-width: 3px; }}
-.placeholder {{ width: 200px; height: 120px; background: #eee; color: #900; display: flex;
-  align-items: center; justify-content: center; text-align: center; font-size: 12px; padding: 4px; }}
+.placeholder {{ width: 200px; height: 120px; background: #eee; color: #900; display: flex; flex-direction: column;
+  align-items: center; justify-content: center; text-align: center; font-size: 11px; padding: 4px;
+  overflow: hidden; word-break: break-all; }}
 .charts {{ display: flex; flex-wrap: wrap; gap: 24px; }}
 .chart rect {{ fill: #4363d8; }} .ticks {{ display: flex; justify-content: space-between; width: 360px;
   font-size: 11px; color: #666; }}
