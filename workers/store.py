@@ -19,7 +19,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -262,18 +262,24 @@ class LocalStore:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
-    def put_file(self, key: str, path: Path) -> None:
-        """See `ObjectStore.put_file`: copied beside the key, then renamed."""
-        target = self._path(safe_key(key))
+    @staticmethod
+    def _install(target: Path, fill: Callable[[Path], object]) -> None:
+        """Make `target` atomically: `fill` a temporary path beside it, then rename that into place."""
         tmp = target.parent / f"{_TMP_PREFIX}{os.urandom(8).hex()}"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, tmp)
+            fill(tmp)
             os.replace(tmp, target)
-        except OSError as e:
-            raise _local_error(target, e, "write") from None
         finally:
             tmp.unlink(missing_ok=True)
+
+    def put_file(self, key: str, path: Path) -> None:
+        """See `ObjectStore.put_file`: copied beside the key, then renamed."""
+        target = self._path(safe_key(key))
+        try:
+            self._install(target, lambda tmp: shutil.copyfile(path, tmp))
+        except OSError as e:
+            raise _local_error(target, e, "write") from None
 
     def create(self, key: str, data: bytes) -> bool:
         """See `ObjectStore.create`: a complete temporary file hard-linked to the key (link fails if it exists)."""
@@ -291,15 +297,10 @@ class LocalStore:
     def copy(self, src: str, dst: str) -> None:
         """See `ObjectStore.copy`: a hard link renamed into place (no bytes copied)."""
         source, path = self._path(src), self._path(safe_key(dst))
-        tmp = path.parent / f"{_TMP_PREFIX}{os.urandom(8).hex()}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.link(source, tmp)
-            os.replace(tmp, path)
+            self._install(path, lambda tmp: os.link(source, tmp))
         except OSError as e:
             raise _local_error(source if isinstance(e, FileNotFoundError) else path, e, "copy") from None
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def check_root(self) -> None:
         """See `ObjectStore.check_root`."""

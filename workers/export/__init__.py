@@ -12,10 +12,12 @@ from __future__ import annotations
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.job import StorageSpec
+from schemas.tables import ImageStatus
 from workers.committed import CommittedRun, MaskFilter, NothingSelectedError
 from workers.store import ObjectStore, StoreError, open_store
 
@@ -84,6 +86,25 @@ class ExportSummary:
         """Record `n` things left out for `reason`."""
         if n:
             self.left_out[reason] = self.left_out.get(reason, 0) + n
+
+
+def labelled_images(
+    run: CommittedRun, options: ExportOptions, summary: ExportSummary
+) -> Iterator[tuple[dict, list[dict]]]:
+    """(image row, its masks that pass the filter) for every labelled image, in run order.
+
+    Errored images are counted in `summary` and left out; an image whose masks were all filtered
+    out comes with an empty list. One shard's rows are in memory at a time.
+    """
+    for shard in run.shards(options.masks):
+        by_image: dict[str, list[dict]] = {}
+        for m in shard.masks.to_pylist():
+            by_image.setdefault(m["image_id"], []).append(m)
+        for img in shard.images.to_pylist():
+            if img["status"] != ImageStatus.OK:
+                summary.count("errored image")
+                continue
+            yield img, by_image.get(img["image_id"], [])
 
 
 def unlabelled_name(run: CommittedRun) -> str:

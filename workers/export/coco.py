@@ -16,9 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
-from schemas.tables import ImageStatus
 from workers.committed import CommittedRun
-from workers.export import ExportOptions, ExportSummary, label_names, unlabelled_name
+from workers.export import ExportOptions, ExportSummary, label_names, labelled_images, unlabelled_name
 
 NAME = "annotations.json"
 OWNED = (NAME,)
@@ -42,21 +41,15 @@ def write(run: CommittedRun, options: ExportOptions, folder: Path, summary: Expo
     cats, cat_of = categories(run, options)
     images_part, annotations_part = folder / ".images.part", folder / ".annotations.part"
     with open(images_part, "w") as imgs, open(annotations_part, "w") as anns:
-        for shard in run.shards(options.masks):
-            ok = [r for r in shard.images.to_pylist() if r["status"] == ImageStatus.OK]
-            summary.count("errored image", shard.images.num_rows - len(ok))
-            number = {}
-            for r in ok:
-                summary.images += 1
-                number[r["image_id"]] = summary.images
-                record = {"id": summary.images, "file_name": r["key"], "width": r["width"], "height": r["height"]}
-                record["coco_url"] = r["uri"]
-                imgs.write(("," if summary.images > 1 else "") + json.dumps(record))
-            for m in shard.masks.to_pylist():
+        for img, masks in labelled_images(run, options, summary):
+            summary.images += 1
+            record = {"id": summary.images, "file_name": img["key"], "width": img["width"], "height": img["height"]}
+            imgs.write(("," if summary.images > 1 else "") + json.dumps({**record, "coco_url": img["uri"]}))
+            for m in masks:
                 summary.annotations += 1
                 record = {
                     "id": summary.annotations,
-                    "image_id": number[m["image_id"]],
+                    "image_id": summary.images,
                     "category_id": cat_of[m["label"]],
                     "segmentation": {"size": m["rle_size"], "counts": m["rle_counts"]},
                     "bbox": m["bbox"],

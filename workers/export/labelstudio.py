@@ -21,9 +21,8 @@ from pycocotools import mask as mask_utils
 
 from fastsam_core.formats import largest_polygon, ls_brush_rle
 from schemas.job import normalize_uri
-from schemas.tables import ImageStatus
 from workers.committed import CommittedRun
-from workers.export import ExportOptions, ExportSummary, label_names, unlabelled_name
+from workers.export import ExportOptions, ExportSummary, label_names, labelled_images, unlabelled_name
 
 TASKS, CONFIG = "tasks.json", "labeling-config.xml"
 OWNED = (TASKS, CONFIG)
@@ -66,47 +65,40 @@ def write(run: CommittedRun, options: ExportOptions, folder: Path, summary: Expo
     first = True
     with open(folder / TASKS, "w") as out:
         out.write("[")
-        for shard in run.shards(options.masks):
-            by_image: dict[str, list[dict]] = {}
-            for m in shard.masks.to_pylist():
-                by_image.setdefault(m["image_id"], []).append(m)
-            for img in shard.images.to_pylist():
-                if img["status"] != ImageStatus.OK:
-                    summary.count("errored image")
-                    continue
-                w, h = img["width"], img["height"]
-                results, scores = [], []
-                for m in by_image.get(img["image_id"], ()):
-                    label = m["label"] or other
-                    dense = mask_utils.decode({"size": m["rle_size"], "counts": m["rle_counts"].encode()})
-                    common = {"to_name": "image", "original_width": w, "original_height": h, "image_rotation": 0}
-                    common["score"] = m["score"]
-                    if brush:
-                        value = {"format": "rle", "rle": ls_brush_rle(dense), "brushlabels": [label]}
-                        results.append({"id": f"m{m['mask_id']}b", "from_name": "brush", "type": "brushlabels",
-                                        "value": value, **common})  # fmt: skip
-                    if polygon:
-                        points = largest_polygon(dense)
-                        if len(points) < 3:
-                            summary.count("mask without a polygon (too thin or small)")
-                        else:
-                            pct = (points / np.array([w, h]) * 100).round(4).tolist()
-                            value = {"points": pct, "closed": True, "polygonlabels": [label]}
-                            results.append({"id": f"m{m['mask_id']}p", "from_name": "polygon",
-                                            "type": "polygonlabels", "value": value, **common})  # fmt: skip
-                    scores.append(m["score"])
-                    summary.annotations += 1
-                summary.images += 1
-                task = {
-                    "data": {"image": image_url(img["uri"], img["key"], source_root, options), "key": img["key"]},
-                    "predictions": [
-                        {
-                            "model_version": version,
-                            "score": float(np.mean(scores)) if scores else 0.0,
-                            "result": results,
-                        }
-                    ],
-                }
-                out.write(("" if first else ",\n") + json.dumps(task))
-                first = False
+        for img, masks in labelled_images(run, options, summary):
+            w, h = img["width"], img["height"]
+            results, scores = [], []
+            for m in masks:
+                label = m["label"] or other
+                dense = mask_utils.decode({"size": m["rle_size"], "counts": m["rle_counts"].encode()})
+                common = {"to_name": "image", "original_width": w, "original_height": h, "image_rotation": 0}
+                common["score"] = m["score"]
+                if brush:
+                    value = {"format": "rle", "rle": ls_brush_rle(dense), "brushlabels": [label]}
+                    result = {"id": f"m{m['mask_id']}b", "from_name": "brush", "type": "brushlabels"}
+                    results.append({**result, "value": value, **common})
+                if polygon:
+                    points = largest_polygon(dense)
+                    if len(points) < 3:
+                        summary.count("mask without a polygon (too thin or small)")
+                    else:
+                        pct = (points / np.array([w, h]) * 100).round(4).tolist()
+                        value = {"points": pct, "closed": True, "polygonlabels": [label]}
+                        result = {"id": f"m{m['mask_id']}p", "from_name": "polygon", "type": "polygonlabels"}
+                        results.append({**result, "value": value, **common})
+                scores.append(m["score"])
+                summary.annotations += 1
+            summary.images += 1
+            task = {
+                "data": {"image": image_url(img["uri"], img["key"], source_root, options), "key": img["key"]},
+                "predictions": [
+                    {
+                        "model_version": version,
+                        "score": float(np.mean(scores)) if scores else 0.0,
+                        "result": results,
+                    }
+                ],
+            }
+            out.write(("" if first else ",\n") + json.dumps(task))
+            first = False
         out.write("]\n")

@@ -17,9 +17,8 @@ import yaml
 from pycocotools import mask as mask_utils
 
 from fastsam_core.formats import largest_polygon
-from schemas.tables import ImageStatus
 from workers.committed import CommittedRun
-from workers.export import ExportOptions, ExportSummary, label_names, unlabelled_name
+from workers.export import ExportOptions, ExportSummary, label_names, labelled_images, unlabelled_name
 
 LABELS, DATA, IMAGES = "labels/", "data.yaml", "images.txt"
 OWNED = (LABELS, DATA, IMAGES)
@@ -35,29 +34,22 @@ def write(run: CommittedRun, options: ExportOptions, folder: Path, summary: Expo
     names, other = label_names(run, options), unlabelled_name(run)
     class_of = {n: i for i, n in enumerate(names)}
     with open(folder / IMAGES, "w") as listing:
-        for shard in run.shards(options.masks):
-            by_image: dict[str, list[dict]] = {}
-            for m in shard.masks.to_pylist():
-                by_image.setdefault(m["image_id"], []).append(m)
-            for img in shard.images.to_pylist():
-                if img["status"] != ImageStatus.OK:
-                    summary.count("errored image")
+        for img, masks in labelled_images(run, options, summary):
+            size = np.array([img["width"], img["height"]], np.float64)
+            lines = []
+            for m in masks:
+                dense = mask_utils.decode({"size": m["rle_size"], "counts": m["rle_counts"].encode()})
+                points = largest_polygon(dense)
+                if len(points) < 3:
+                    summary.count("mask without a polygon (too thin or small)")
                     continue
-                size = np.array([img["width"], img["height"]], np.float64)
-                lines = []
-                for m in by_image.get(img["image_id"], ()):
-                    dense = mask_utils.decode({"size": m["rle_size"], "counts": m["rle_counts"].encode()})
-                    points = largest_polygon(dense)
-                    if len(points) < 3:
-                        summary.count("mask without a polygon (too thin or small)")
-                        continue
-                    xy = " ".join(f"{v:.6f}" for v in (points / size).reshape(-1))
-                    lines.append(f"{class_of[m['label'] or other]} {xy}")
-                    summary.annotations += 1
-                path = folder / label_path(img["key"])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("".join(line + "\n" for line in lines))
-                listing.write(img["uri"] + "\n")
-                summary.images += 1
+                xy = " ".join(f"{v:.6f}" for v in (points / size).reshape(-1))
+                lines.append(f"{class_of[m['label'] or other]} {xy}")
+                summary.annotations += 1
+            path = folder / label_path(img["key"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(line + "\n" for line in lines))
+            listing.write(img["uri"] + "\n")
+            summary.images += 1
     data = {"path": ".", "train": IMAGES, "val": IMAGES, "nc": len(names), "names": dict(enumerate(names))}
     (folder / DATA).write_text(yaml.safe_dump(data, sort_keys=False))
