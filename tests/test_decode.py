@@ -168,3 +168,16 @@ def test_decoding_reserves_pixels_from_a_hold():
     hold.release()
     hold.release()
     assert budget.used == 0
+
+
+def test_a_draft_decodes_a_big_jpeg_at_a_fraction_of_its_size():
+    big = np.zeros((1600, 2000, 3), np.uint8)
+    big[:, :1000] = (200, 30, 40)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, "JPEG", quality=90)
+    full = decode_image(buf.getvalue(), "big.jpg", 10**7).rgb
+    small = decode_image(buf.getvalue(), "big.jpg", 10**7, draft=320).rgb
+    assert full.shape == (1600, 2000, 3) and small.shape == (400, 500, 3)  # 1/4: the smallest not under 320 px
+    assert np.abs(small[200, 100].astype(int) - (200, 30, 40)).max() < 12
+    png = _png(big[:100, :100])
+    assert decode_image(png, "p.png", 10**7, draft=32).rgb.shape == (100, 100, 3)  # only JPEG has drafts

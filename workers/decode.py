@@ -104,7 +104,9 @@ def _over_white(rgba: Image.Image) -> np.ndarray:
     return out
 
 
-def decode_image(data: bytes, name: str, max_pixels: int, hold: PixelHold | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes, name: str, max_pixels: int, hold: PixelHold | None = None, draft: int | None = None
+) -> DecodedImage:
     """Decode one image.
 
     Args:
@@ -113,6 +115,8 @@ def decode_image(data: bytes, name: str, max_pixels: int, hold: PixelHold | None
         max_pixels: refuse images with more than this many pixels (width x height).
         hold: reserves width x height pixels after the header is read and before decoding (it may
             wait); the caller releases it.
+        draft: for previews: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, no smaller than this
+            many pixels on its longer side (much less memory and time); other formats decode whole.
 
     Raises:
         ImageError: with kind unsupported, decode_error or too_large and a message naming `name`.
@@ -153,6 +157,8 @@ def decode_image(data: bytes, name: str, max_pixels: int, hold: PixelHold | None
         if hold is not None:
             hold.take(w * h)
         try:
+            if draft is not None and fmt in ("JPEG", "MPO"):
+                im.draft("RGB", (draft, draft))
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
             rgb = _to_rgb(im)

@@ -53,9 +53,15 @@ def _hex(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def _thumbnail(rgb: np.ndarray, masks: list[dict], prompts: list[str]) -> str:
-    """An image figure: the picture (JPEG data URI) under an SVG of its masks' outlines and labels."""
-    h, w = rgb.shape[:2]
+def _thumbnail(rgb: np.ndarray, size: tuple[int, int], masks: list[dict]) -> str:
+    """An image figure: the picture (JPEG data URI) under an SVG of its masks' outlines and labels.
+
+    Args:
+        rgb: the picture, at its full size or smaller (a JPEG draft).
+        size: (height, width) of the full image, the frame of the masks' RLEs and boxes.
+        masks: its masks-table rows.
+    """
+    h, w = size
     scale = min(1.0, THUMB / max(h, w))
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
     small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
@@ -153,7 +159,8 @@ def build(
     lowest = [i for i, _ in stats.lowest_stability[:6]]
     examples = {label: i for label, (i, _) in sorted(stats.label_examples.items())}
     rows = _rows_by_id(ok, set(sample) | set(lowest) | set(examples.values()))
-    max_pixels = int(manifest.job.get("limits", {}).get("max_pixels", 100_000_000))
+    limits = manifest.job.get("limits", {})
+    max_pixels, max_bytes = int(limits.get("max_pixels", 100_000_000)), limits.get("max_bytes")
     masks_of: dict[int, pa.Table] = {}
 
     def figure(image_id: str, caption: str) -> str:
@@ -165,8 +172,9 @@ def build(
         t = masks_of[r["shard_id"]]
         mine = t.filter(pc.equal(t["image_id"], image_id)).to_pylist()
         try:
-            data, _ = source.read(r["key"])
-            picture = _thumbnail(decode_image(data, r["key"], max_pixels).rgb, mine, prompts)
+            data, _ = source.read(r["key"], max_bytes=max_bytes)
+            rgb = decode_image(data, r["key"], max_pixels, draft=THUMB).rgb
+            picture = _thumbnail(rgb, (r["height"], r["width"]), mine)
         except (StoreError, ImageError) as e:  # the source changed since the run: say so, keep going
             picture = f'<div class="placeholder">source unreadable now: {_e(e)}</div>'
         text = f"{r['key']} · {len(mine)} masks{caption}"
