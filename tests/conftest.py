@@ -71,6 +71,15 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A Prefect server on 127.0.0.1 with its own home (SQLite database); its API URL and environment."""
+    from tests.servers import prefect_server as start
+
+    with start(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server
+
+
 def pytest_collection_modifyitems(config, items):
     """Run the tests that connect to an external Ray cluster before any test starts a local one.
 

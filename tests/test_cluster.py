@@ -3,7 +3,6 @@
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,15 +13,10 @@ import psutil
 import pytest
 
 from tests.ray_support import first_read, make_job, map_in_background, plan, read_table, upload_scenes
+from tests.servers import free_port
 from workers.pool import LabelerPool
 
 ray = pytest.importorskip("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill_tree(procs) -> None:
@@ -68,7 +62,7 @@ def two_nodes(s3_endpoint):
     if ray.is_initialized():
         ray.shutdown()
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
-    port, worker_port = _free_port(), _free_port()
+    port, worker_port = free_port(), free_port()
     env = {
         **os.environ,  # the S3 fixture's fake credentials reach the actors through the raylets
         "RAY_health_check_period_ms": "1000",

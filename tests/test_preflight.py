@@ -1,7 +1,6 @@
 """Bad jobs, stores and weights fail in seconds, before any work, with one line and the right exit code."""
 
 import re
-import socket
 import time
 
 import pytest
@@ -9,15 +8,10 @@ import yaml
 
 from flows.cli import main
 from tests.faults import FaultProxy
+from tests.servers import free_port
 from workers.cluster import ClusterSettingError, private_cluster
 
 TIMINGS: list[tuple[str, int, float, str]] = []
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens here once the socket is closed
 
 
 def _cases(tmp_path, s3_endpoint, bucket):
@@ -28,7 +22,7 @@ def _cases(tmp_path, s3_endpoint, bucket):
     ckpt.write_bytes(b"not the checkpoint you pinned")
     out = str(tmp_path / "out")
     s3 = ["--endpoint-url", s3_endpoint]
-    nowhere = f"http://127.0.0.1:{_closed_port()}"
+    nowhere = f"http://127.0.0.1:{free_port()}"
 
     def job_file(name: str, **fields) -> str:
         path = tmp_path / f"{name}.yaml"

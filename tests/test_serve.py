@@ -1,70 +1,15 @@
 """`fastsam-label serve` against a real `prefect server start` on 127.0.0.1: a deployment run triggered
 through the API completes, and the deployment carries its cron schedule."""
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import httpx
-import pytest
 import yaml
 
 from schemas import parse_job
 from tests.helpers import scene_bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A Prefect server on 127.0.0.1 with its own home (SQLite database); its API URL and environment."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
-    prefect = str(Path(sys.executable).parent / "prefect")
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            log.close()
-            pytest.fail(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    yield url, {**env, "PREFECT_API_URL": url}
-    _stop(proc)
-    log.close()
+from tests.servers import stop
 
 
 def test_served_deployment_runs_on_demand_and_has_its_cron(tmp_path, prefect_server):
@@ -111,7 +56,7 @@ def test_served_deployment_runs_on_demand_and_has_its_cron(tmp_path, prefect_ser
             flow_run = run_deployment("label-collection/nightly", timeout=600)
         assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-3000:])
     finally:
-        _stop(serve)
+        stop(serve)
         serve_log.close()
     runs = [p.parent.name for p in (tmp_path / "out/runs").glob("*/_SUCCESS")]
     assert len(runs) == 1
