@@ -238,3 +238,9 @@ class RunManifest(BaseModel):
     summary: RunSummary
     started_at: datetime
     finished_at: datetime
+
+    @property
+    def positive_prompts(self) -> list[str]:
+        """The prompts a mask can be labelled with: `prompts` without the job's negatives."""
+        negatives = set(self.job.get("negative_prompts") or ())
+        return [p for p in self.prompts if p not in negatives]

@@ -6,6 +6,7 @@ import pytest
 from schemas import RunLayout
 from schemas.tables import IMAGES_SCHEMA
 from workers import index
+from workers.shards import read_parquet
 from workers.store import LocalStore
 
 
@@ -75,7 +76,7 @@ def test_a_part_counts_once_its_run_is_committed_and_compaction_keeps_every_row(
     loaded = index.load(out)
     pairs = sorted(set(zip(loaded["uri"].to_pylist(), loaded["etag"].to_pylist(), strict=True)))
     assert pairs == sorted([(f"s3://b/{i}.jpg", f"e{i}") for i in range(5)] + [("s3://b/same.jpg", "s")])
-    base = index._read(out, "index/base-r3.parquet")
+    base = read_parquet(out, "index/base-r3.parquet", "index")
     assert base.num_rows == 4  # r0..r2 plus one "same.jpg" row: duplicates merged
 
 

@@ -117,8 +117,7 @@ class CommittedRun:
     @property
     def prompts(self) -> list[str]:
         """The run's positive prompts, in order (labels are only ever positive prompts)."""
-        n_neg = len(self.manifest.job.get("negative_prompts") or [])
-        return self.manifest.prompts[: len(self.manifest.prompts) - n_neg]
+        return self.manifest.positive_prompts
 
     def shards(self, masks: MaskFilter | None = None) -> Iterator[ShardRows]:
         """The run's shards in order, each read when it is reached; masks filtered by `masks`.

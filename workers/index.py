@@ -16,16 +16,14 @@ later try (`ImageStatus.retry_later`) are not indexed.
 
 from __future__ import annotations
 
-import io
 import logging
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from schemas.layout import INDEX, RUNS, RunLayout, index_base_key, index_part_key, parse_index_key, run_of
-from schemas.tables import INDEX_SCHEMA, ImageStatus, check_table
-from workers.shards import parquet_bytes
+from schemas.tables import INDEX_SCHEMA, ImageStatus
+from workers.shards import parquet_bytes, read_parquet
 from workers.store import ObjectNotFoundError, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -45,12 +43,6 @@ def rows_of(images: pa.Table, run_id: str) -> pa.Table:
         {"uri": t["uri"], "etag": t["etag"], "run_id": pa.array([run_id] * t.num_rows, pa.string())},
         schema=INDEX_SCHEMA,
     )
-
-
-def _read(output: ObjectStore, key: str) -> pa.Table:
-    table = pq.read_table(io.BytesIO(output.get(key)))
-    check_table(table, "index")
-    return table
 
 
 def _counted(output: ObjectStore) -> list[str]:
@@ -73,8 +65,6 @@ def _committed_runs(output: ObjectStore) -> list[str]:
 
 def _legacy(output: ObjectStore, exclude: str | None = None) -> pa.Table:
     """Index rows rebuilt from the images tables of committed runs (outputs written before the index)."""
-    from workers.shards import read_parquet
-
     tables = [_EMPTY]
     for run_id in _committed_runs(output):
         if run_id == exclude:
@@ -92,7 +82,7 @@ def load(output: ObjectStore) -> pa.Table:
         if not keys:
             return _legacy(output)
         try:
-            return pa.concat_tables([_EMPTY, *(_read(output, k) for k in keys)])
+            return pa.concat_tables([_EMPTY, *(read_parquet(output, k, "index") for k in keys)])
         except ObjectNotFoundError:  # compacted away while we read: list again
             continue
     raise RuntimeError(f"the index under {output.uri_of(INDEX)} kept changing while it was read; try again")
@@ -143,7 +133,7 @@ def add_run(output: ObjectStore, run_id: str, images: list[pa.Table]) -> None:
 def compact(output: ObjectStore, run_id: str, keys: list[str]) -> None:
     """Merge counted index files into `index/base-{run_id}.parquet`, then delete them."""
     try:
-        merged = pa.concat_tables([_EMPTY, *(_read(output, k) for k in keys)])
+        merged = pa.concat_tables([_EMPTY, *(read_parquet(output, k, "index") for k in keys)])
     except ObjectNotFoundError:  # another commit compacted them first
         return
     merged = merged.group_by(["uri", "etag"]).aggregate([("run_id", "max")])  # one row per (uri, etag)

@@ -22,7 +22,7 @@ from schemas.fingerprint import InputHashes
 from schemas.job import Job
 from schemas.layout import RunLayout
 from workers.sidecar import parse_prompt_table, prompt_table_bytes
-from workers.store import StoreError, open_store
+from workers.store import StoreError, check_writable, open_store
 from workers.weights import resolve_weights
 
 #: Attempts per store request during the preflight (botocore's, with its backoff).
@@ -69,12 +69,7 @@ def preflight(job: Job, layout: RunLayout) -> Checked:
         parse_prompt_table(data, job.prompt_table)
         table_sha = hashlib.sha256(data).hexdigest()
     output = open_store(job.output, quick)
-    probe = layout.probe(secrets.token_hex(6))
-    try:
-        output.create(probe, b"")
-        output.delete(probe)
-    except StoreError as e:
-        raise type(e)(f"output is not writable: {e}") from None
+    check_writable(output, layout.probe(secrets.token_hex(6)), "output")
     m, c = job.model, job.clip
     try:
         ckpt = TINY_CHECKPOINT

@@ -148,8 +148,7 @@ def build(
     stats = MaskStats()
     for state in manifest.shards:
         stats = stats.merged(state.summary.mask_stats)
-    n_neg = len(manifest.job.get("negative_prompts") or [])
-    prompts = manifest.prompts[: len(manifest.prompts) - n_neg]
+    prompts = manifest.positive_prompts
     ok = [t.filter(pc.equal(t["status"], ImageStatus.OK.value)) for t in images]
     okcat = pa.concat_tables(ok) if ok else None
     sample = []

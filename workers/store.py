@@ -620,6 +620,19 @@ def open_store(uri: str, storage: StorageSpec | None = None) -> ObjectStore:
     return LocalStore(uri)
 
 
+def check_writable(store: ObjectStore, key: str, what: str) -> None:
+    """Prove `store` takes writes: create `key` exclusively, then delete it.
+
+    Raises:
+        StoreError: of the same kind as the store's, its message prefixed "{what} is not writable".
+    """
+    try:
+        store.create(key, b"")
+        store.delete(key)
+    except StoreError as e:
+        raise type(e)(f"{what} is not writable: {e}") from None
+
+
 def display_key(key: str) -> str:
     """A key made safe to print on one line (control characters escaped)."""
     return key if key.isprintable() else key.encode("unicode_escape").decode("ascii")

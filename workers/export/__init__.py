@@ -19,7 +19,7 @@ from pathlib import Path
 from schemas.job import StorageSpec
 from schemas.tables import ImageStatus
 from workers.committed import CommittedRun, MaskFilter, NothingSelectedError
-from workers.store import ObjectStore, StoreError, open_store
+from workers.store import ObjectStore, check_writable, open_store
 
 #: Export formats, by the name `--to` takes.
 FORMATS = ("coco", "label-studio", "yolo")
@@ -130,12 +130,7 @@ def _check_destination(dest: ObjectStore, options: ExportOptions, owned: tuple[s
             f"destination {dest.uri} is not empty (it holds {existing.key}); choose an empty one, or pass --force "
             f"to replace this export's files there ({', '.join(owned)})"
         )
-    probe = f".fastsam-probe-{secrets.token_hex(6)}"
-    try:
-        dest.create(probe, b"")
-        dest.delete(probe)
-    except StoreError as e:
-        raise type(e)(f"destination is not writable: {e}") from None
+    check_writable(dest, f".fastsam-probe-{secrets.token_hex(6)}", "destination")
 
 
 def export_run(output: str, run_id: str, options: ExportOptions, storage: StorageSpec | None = None) -> ExportSummary:
