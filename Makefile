@@ -46,4 +46,4 @@ bench-plan: setup
 
 # Remake the shipped small model (about 10 minutes on 2 CPU cores).
 tiny-model: setup
-	$(PY) -m fastsam_core.train_tiny --out fastsam_core/weights/fastsam-tiny.pt
+	$(PY) -m tools.train_tiny --out fastsam_core/weights/fastsam-tiny.pt

@@ -15,7 +15,7 @@ _EXPORTS = {
     "CheckpointError": "checkpoints",
     "verify_checkpoint": "checkpoints",
     "ClipEmbedder": "embedders",
-    "ColorWordEmbedder": "embedders",
+    "ColorWordEmbedder": "color_words",
     "Embedder": "embedders",
     "EverythingParams": "everything",
     "Segmenter": "everything",
@@ -26,7 +26,9 @@ _EXPORTS = {
     "merge_by_points": "prompts",
     "select_by_boxes": "prompts",
     "select_by_points": "prompts",
+    "score_images": "scoring",
     "score_masks": "scoring",
+    "with_labels": "prompts",
 }
 
 
@@ -45,7 +47,8 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from fastsam_core.batch import MaskBatch
     from fastsam_core.checkpoints import KNOWN_CHECKPOINTS, TINY_CHECKPOINT, CheckpointError, verify_checkpoint
-    from fastsam_core.embedders import ClipEmbedder, ColorWordEmbedder, Embedder
+    from fastsam_core.color_words import ColorWordEmbedder
+    from fastsam_core.embedders import ClipEmbedder, Embedder
     from fastsam_core.everything import EverythingParams, Segmenter
     from fastsam_core.model import FastSAMModel
     from fastsam_core.prompts import (
@@ -55,8 +58,9 @@ if TYPE_CHECKING:
         merge_by_points,
         select_by_boxes,
         select_by_points,
+        with_labels,
     )
-    from fastsam_core.scoring import score_masks
+    from fastsam_core.scoring import score_images, score_masks
 
 __all__ = [
     "KNOWN_CHECKPOINTS",
@@ -73,8 +77,10 @@ __all__ = [
     "best_mask_per_prompt",
     "label_instances",
     "merge_by_points",
+    "score_images",
     "score_masks",
     "select_by_boxes",
     "select_by_points",
     "verify_checkpoint",
+    "with_labels",
 ]

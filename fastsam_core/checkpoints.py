@@ -42,7 +42,7 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
         KnownCheckpoint(
             "FastSAM-x.pt", "c0be4e7ddbe4c15333d15a859c676d053c486d0a746a3be6a7a9790d52a9b6d7", 144_943_063, 1024
         ),
-        # Trained here by `python -m fastsam_core.train_tiny` on synthetic shapes; ships in the package.
+        # Trained here by `python -m tools.train_tiny` on synthetic shapes; ships in the package.
         KnownCheckpoint(
             "fastsam-tiny.pt", "8f46bca7341d865cbe2a7b3a434fad6a816fd86bff8fcc4af04330d68b63c0ee", 6_730_548, 160
         ),

@@ -1,14 +1,16 @@
 """Image/text embedders for scoring masks against text prompts.
 
 `ClipEmbedder` wraps an open_clip model loaded from a local, sha256-verified file.
-`ColorWordEmbedder` is a deterministic stand-in whose semantics are known exactly (a colour
-histogram for images, colour words for text): it lets tests prove that selection picks the right
-mask, and the offline demo label shapes by colour, without real CLIP weights.
+`fastsam_core.color_words.ColorWordEmbedder` is a deterministic stand-in whose semantics are known
+exactly (a colour histogram for images, colour words for text): it lets tests prove that selection
+picks the right mask, and the offline demo label shapes by colour, without real CLIP weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +20,6 @@ from PIL import Image
 
 from fastsam_core.checkpoints import verify_checkpoint
 from fastsam_core.model import pick_device
-from fastsam_core.synthetic import PALETTE
 
 
 class Embedder(Protocol):
@@ -32,8 +33,11 @@ class Embedder(Protocol):
     name: str
     logit_scale: float
 
-    def embed_images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, D) float32 unit vectors for N RGB uint8 crops (H_i, W_i, 3)."""
+    def embed_images(self, crops: Iterable[np.ndarray]) -> np.ndarray:
+        """(N, D) float32 unit vectors for N RGB uint8 crops (H_i, W_i, 3), consumed in order.
+
+        `crops` may be a generator: an embedder holds only the crops of one forward pass at a time.
+        """
         ...
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -41,53 +45,11 @@ class Embedder(Protocol):
         ...
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(n > 0, n, 1)).astype(np.float32)
-
-
-class ColorWordEmbedder:
-    """Deterministic stand-in: images by the share of pixels of each `PALETTE` colour, texts by colour words.
-
-    A pixel counts for a colour when it lies within `radius` (RGB distance) of it; other pixels
-    (background, fill) count for nothing. A text's vector has a 1 for each colour word it contains.
-    """
-
-    name = "color-words"
-    logit_scale = 10.0
-
-    def __init__(self, radius: float = 60.0):
-        self.radius = radius
-        self._colors = np.array(list(PALETTE.values()), np.float32)
-
-    def embed_images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """See `Embedder.embed_images`."""
-        out = np.zeros((len(crops), len(self._colors)), np.float32)
-        cc = (self._colors.astype(np.float64) ** 2).sum(1)
-        for i, c in enumerate(crops):
-            px = c.reshape(-1, 3).astype(np.float64)
-            # Squared distances as |p|^2 - 2 p.c + |c|^2: one (N, 3) x (3, K) product instead of an (N, K, 3) array.
-            d2 = (px * px).sum(1)[:, None] - 2 * (px @ self._colors.T.astype(np.float64)) + cc[None]
-            best = d2.argmin(1)
-            near = d2[np.arange(len(px)), best] <= self.radius**2
-            out[i] = np.bincount(best[near], minlength=len(self._colors))
-        return _unit(out)
-
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """See `Embedder.embed_texts`."""
-        names = list(PALETTE)
-        out = np.zeros((len(texts), len(names)), np.float32)
-        for i, t in enumerate(texts):
-            words = t.lower().replace(",", " ").split()
-            for j, n in enumerate(names):
-                out[i, j] = float(n in words)
-        return _unit(out)
-
-
 class ClipEmbedder:
     """An open_clip model: architecture by name, weights from a local sha256-pinned file.
 
-    Text embeddings are cached per prompt list; images are embedded in chunks of `chunk_size`.
+    Text embeddings are cached per prompt list; images are embedded in chunks of `chunk_size`, the
+    next chunk prepared while the model runs on this one.
     """
 
     def __init__(
@@ -138,16 +100,35 @@ class ClipEmbedder:
         self.chunk_size = chunk_size
         self._text_cache: dict[tuple[str, ...], np.ndarray] = {}
 
-    @torch.inference_mode()
-    def embed_images(self, crops: Sequence[np.ndarray]) -> np.ndarray:
-        """See `Embedder.embed_images`."""
+    def embed_images(self, crops: Iterable[np.ndarray]) -> np.ndarray:
+        """See `Embedder.embed_images`.
+
+        Two stages overlap: a helper thread cuts and resizes the next `chunk_size` crops (pulling them
+        from `crops`, so mask decoding and cropping run there too) while the model runs on this chunk.
+        """
         dim = self.model.visual.output_dim
         out = []
-        for s in range(0, len(crops), self.chunk_size):
-            x = torch.stack([self.preprocess(Image.fromarray(c)) for c in crops[s : s + self.chunk_size]])
-            x = x.to(self.device, torch.float16 if self.half else torch.float32)
-            out.append(self.model.encode_image(x, normalize=True).float().cpu().numpy())
+        chunks = self._inputs(iter(crops))
+        with ThreadPoolExecutor(1, thread_name_prefix="clip-prep") as prep:
+            nxt = prep.submit(next, chunks, None)
+            while (x := nxt.result()) is not None:
+                nxt = prep.submit(next, chunks, None)
+                out.append(self._forward(x))
         return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
+
+    @torch.inference_mode()
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        x = x.to(self.device, torch.float16 if self.half else torch.float32)
+        return self.model.encode_image(x, normalize=True).float().cpu().numpy()
+
+    def _inputs(self, crops: Iterator[np.ndarray]) -> Iterator[torch.Tensor]:
+        """(n, 3, S, S) float32 model inputs, `chunk_size` crops at a time, equal to open_clip's preprocess."""
+        while chunk := list(itertools.islice(crops, self.chunk_size)):
+            yield self.prepare(chunk)
+
+    def prepare(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        """(n, 3, S, S) float32: open_clip's preprocess of each crop (about 3 ms a crop on a CPU core)."""
+        return torch.stack([self.preprocess(Image.fromarray(c)) for c in crops])
 
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,40 +25,9 @@ from fastsam_core import rle as rle_utils
 from fastsam_core.batch import MaskBatch
 from fastsam_core.model import FastSAMModel
 from fastsam_core.resample import axis_taps, resize_window
+from schemas.params import EverythingParams
 
-
-@dataclass(frozen=True)
-class EverythingParams:
-    """Everything-mode settings (FastSAM's defaults).
-
-    Attributes:
-        imgsz: model input size in pixels (longest side after letterboxing), a multiple of 32.
-        conf: minimum box score, in (0, 1].
-        iou: NMS IoU threshold, in (0, 1].
-        max_det: most masks kept per image.
-        retina: masks from the prototypes at the original resolution (True) or at the model's input
-            resolution, then resized to the original (False, coarser and cheaper).
-        stability_offset: logit offset for the stability score.
-        chunk_pixels: bound on the float pixels held at once while decoding masks (memory knob).
-    """
-
-    imgsz: int = 1024
-    conf: float = 0.4
-    iou: float = 0.9
-    max_det: int = 300
-    retina: bool = True
-    stability_offset: float = 1.0
-    chunk_pixels: int = 16_000_000
-
-    def __post_init__(self) -> None:
-        if self.imgsz < 32 or self.imgsz % 32:
-            raise ValueError(f"imgsz must be a positive multiple of 32, but got {self.imgsz}")
-        for name in ("conf", "iou"):
-            v = getattr(self, name)
-            if not 0 < v <= 1:
-                raise ValueError(f"{name} must be in (0, 1], but got {v}")
-        if self.max_det < 1:
-            raise ValueError(f"max_det must be >= 1, but got {self.max_det}")
+__all__ = ["EverythingParams", "Segmenter", "letterbox"]
 
 
 def _check_images(images: Sequence[np.ndarray]) -> None:

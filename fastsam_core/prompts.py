@@ -134,7 +134,7 @@ def best_mask_per_prompt(batch: MaskBatch, n_prompts: int) -> np.ndarray:
     """FastSAM's text answer: for each positive prompt, the scored mask most similar to it.
 
     Args:
-        batch: a batch with the "clip_cosine" column from `score_masks`.
+        batch: a batch with the "clip_cosine" column from `fastsam_core.scoring.score_images`.
         n_prompts: number of positive prompts (the first columns).
 
     Returns:
@@ -188,3 +188,41 @@ def label_instances(batch: MaskBatch, n_prompts: int, threshold: float = 0.5) ->
     label[rows] = best[ok]
     score[rows] = best_prob[ok]
     return InstanceLabels(label, score)
+
+
+#: How text prompts turn into per-mask labels (`with_labels`).
+SELECTION_MODES = ("instances", "best", "none")
+
+
+def with_labels(batch: MaskBatch, n_prompts: int, mode: str = "instances", threshold: float = 0.5) -> MaskBatch:
+    """The batch with its label columns "label" and "label_score".
+
+    "label" is (N,) int64, the prompt index or NO_MASK; "label_score" (N,) float32, the probability of
+    that prompt (NaN when unlabelled).
+
+    Args:
+        batch: a scored batch ("clip_cosine" and "clip_prob" columns).
+        n_prompts: number of positive prompts (the first score columns).
+        mode: "instances" (`label_instances`: every convincing mask), "best" (FastSAM's text mode:
+            the most similar mask per prompt; a mask that is the best for several prompts takes the one
+            it matches most), "none" (scores only: every mask unlabelled).
+        threshold: minimum probability for "instances".
+    """
+    n = len(batch)
+    if mode == "instances":
+        lab = label_instances(batch, n_prompts, threshold)
+        return batch.with_columns(label=lab.label, label_score=lab.score)
+    if mode not in SELECTION_MODES:
+        raise ValueError(f"mode must be one of {SELECTION_MODES}, but got {mode!r}")
+    label = np.full(n, NO_MASK, np.int64)
+    score = np.full(n, np.nan, np.float32)
+    if mode == "best":
+        cos, prob = batch.columns["clip_cosine"], batch.columns["clip_prob"]
+        row_of = {int(m): i for i, m in enumerate(batch.mask_ids)}
+        for j, mid in enumerate(best_mask_per_prompt(batch, n_prompts)):
+            if mid == NO_MASK:
+                continue
+            i = row_of[int(mid)]
+            if label[i] == NO_MASK or cos[i, j] > cos[i, label[i]]:
+                label[i], score[i] = j, prob[i, j]
+    return batch.with_columns(label=label, label_score=score)

@@ -3,12 +3,14 @@
 Each mask is cut out of the image: its tight box (plus a margin), pixels outside the mask filled
 with a neutral colour so that neighbours do not leak into the crop, padded to a square so that
 CLIP's centre crop keeps the whole object. Masks of `min_area` pixels or fewer are not scored
-(FastSAM skips <= 100 px); their scores are NaN.
+(FastSAM skips <= 100 px), nor masks beyond `max_masks` per image when it is set; their scores
+are NaN. The crops of several images stream through the embedder together (`score_images`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,14 +22,14 @@ from fastsam_core.embedders import Embedder
 NEUTRAL_FILL = (122, 116, 104)
 
 
-def mask_crops(
+def iter_crops(
     image: np.ndarray,
     batch: MaskBatch,
-    rows: Sequence[int],
+    rows: Iterable[int],
     margin: float = 0.05,
     fill: tuple[int, int, int] = NEUTRAL_FILL,
-) -> list[np.ndarray]:
-    """Square crops of the given rows' masks.
+) -> Iterator[np.ndarray]:
+    """Square crops of the given rows' masks, one at a time (each mask is decoded inside its box only).
 
     Args:
         image: (H, W, 3) RGB uint8, the image the batch was made from.
@@ -36,14 +38,13 @@ def mask_crops(
         margin: extra context around the box, as a fraction of the box's longer side.
         fill: RGB colour outside the mask.
 
-    Returns:
-        One (S, S, 3) uint8 crop per row.
+    Yields:
+        One (S, S, 3) uint8 crop per row, S the longer side of the grown box.
     """
     h, w = batch.image_hw
     if image.shape[:2] != (h, w):
         raise ValueError(f"image has shape {image.shape[:2]}, but the masks were made for {(h, w)}")
     boxes = batch.bboxes_xywh()
-    crops = []
     for i in rows:
         bx, by, bw, bh = boxes[i]
         pad = round(margin * max(bw, bh))
@@ -56,8 +57,87 @@ def mask_crops(
         sq[:] = fill
         oy, ox = (s - crop.shape[0]) // 2, (s - crop.shape[1]) // 2
         sq[oy : oy + crop.shape[0], ox : ox + crop.shape[1]] = crop
-        crops.append(sq)
-    return crops
+        yield sq
+
+
+def mask_crops(
+    image: np.ndarray,
+    batch: MaskBatch,
+    rows: Sequence[int],
+    margin: float = 0.05,
+    fill: tuple[int, int, int] = NEUTRAL_FILL,
+) -> list[np.ndarray]:
+    """`iter_crops` as a list (for tests and small images)."""
+    return list(iter_crops(image, batch, rows, margin, fill))
+
+
+def scored_rows(batch: MaskBatch, min_area: int = 100, max_masks: int | None = None) -> np.ndarray:
+    """Row positions to score, ascending: masks larger than `min_area` px, at most `max_masks` of them.
+
+    With `max_masks`, the rows kept are those with the highest detector score x stability (ties to
+    the lower row); the others stay unscored.
+    """
+    rows = np.flatnonzero(batch.areas > min_area)
+    if max_masks is not None and len(rows) > max_masks:
+        quality = batch.scores[rows].astype(np.float64) * batch.stability[rows]
+        rows = np.sort(rows[np.argsort(-quality, kind="stable")[:max_masks]])
+    return rows
+
+
+def score_images(
+    images: Sequence[np.ndarray],
+    batches: Sequence[MaskBatch],
+    embedder: Embedder,
+    prompts: Sequence[str],
+    negatives: Sequence[str] = (),
+    min_area: int = 100,
+    max_masks: int | None = None,
+    margin: float = 0.05,
+) -> list[MaskBatch]:
+    """Similarity of every mask of several images to every prompt, in one stream of crops.
+
+    The crops of all images go through the embedder together, so its forward passes stay full
+    across image boundaries; crops are cut lazily, as the embedder asks for them.
+
+    Args:
+        images: B (H, W, 3) RGB uint8 images.
+        batches: their masks, one MaskBatch per image.
+        embedder: the image/text model.
+        prompts: P positive texts.
+        negatives: Q texts that veto a label.
+        min_area: masks of this many pixels or fewer are not scored.
+        max_masks: score at most this many masks per image (see `scored_rows`); None = all.
+        margin: crop context, as a fraction of the box's longer side.
+
+    Returns:
+        The B batches with two more columns, both (N, P + Q) float32 with the positive prompts
+        first, then the negatives, NaN for masks not scored: "clip_cosine" (cosine similarity) and
+        "clip_prob" (softmax over all P + Q prompts of logit_scale * cosine).
+    """
+    if not prompts:
+        raise ValueError("prompts must hold at least one text")
+    if len(images) != len(batches):
+        raise ValueError(f"got {len(images)} images but {len(batches)} mask batches")
+    texts = [*prompts, *negatives]
+    rows = [scored_rows(b, min_area, max_masks) for b in batches]
+    crops = itertools.chain.from_iterable(
+        iter_crops(im, b, r, margin) for im, b, r in zip(images, batches, rows, strict=True)
+    )
+    img_emb = embedder.embed_images(crops) if sum(map(len, rows)) else None
+    txt_emb = embedder.embed_texts(texts) if img_emb is not None else None
+    out, start = [], 0
+    for b, r in zip(batches, rows, strict=True):
+        cosine = np.full((len(b), len(texts)), np.nan, np.float32)
+        prob = np.full((len(b), len(texts)), np.nan, np.float32)
+        if len(r):
+            cos = img_emb[start : start + len(r)] @ txt_emb.T
+            start += len(r)
+            z = embedder.logit_scale * cos
+            z = np.exp(z - z.max(1, keepdims=True))
+            cosine[r] = cos
+            prob[r] = z / z.sum(1, keepdims=True)
+        out.append(b.with_columns(clip_cosine=cosine, clip_prob=prob))
+    return out
 
 
 def score_masks(
@@ -68,28 +148,7 @@ def score_masks(
     negatives: Sequence[str] = (),
     min_area: int = 100,
     margin: float = 0.05,
+    max_masks: int | None = None,
 ) -> MaskBatch:
-    """Similarity of every mask to every prompt.
-
-    Returns:
-        `batch` with two more columns, both (N, P + Q) float32 with the positive prompts first,
-        then the negatives, NaN for masks not scored:
-        "clip_cosine" (cosine similarity) and "clip_prob" (softmax over all P + Q prompts of
-        logit_scale * cosine).
-    """
-    if not prompts:
-        raise ValueError("prompts must hold at least one text")
-    texts = [*prompts, *negatives]
-    n, k = len(batch), len(texts)
-    cosine = np.full((n, k), np.nan, np.float32)
-    prob = np.full((n, k), np.nan, np.float32)
-    rows = np.flatnonzero(batch.areas > min_area)
-    if rows.size:
-        img_emb = embedder.embed_images(mask_crops(image, batch, rows, margin))
-        txt_emb = embedder.embed_texts(texts)
-        cos = img_emb @ txt_emb.T
-        z = embedder.logit_scale * cos
-        z = np.exp(z - z.max(1, keepdims=True))
-        cosine[rows] = cos
-        prob[rows] = z / z.sum(1, keepdims=True)
-    return batch.with_columns(clip_cosine=cosine, clip_prob=prob)
+    """`score_images` for one image."""
+    return score_images([image], [batch], embedder, prompts, negatives, min_area, max_masks, margin)[0]

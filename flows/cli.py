@@ -25,31 +25,37 @@ from pathlib import Path
 
 import numpy as np
 
+from schemas.params import EverythingParams
+
 
 def _segment(args: argparse.Namespace) -> int:
-    from fastsam_core import (
-        TINY_CHECKPOINT,
-        ClipEmbedder,
-        ColorWordEmbedder,
-        EverythingParams,
-        FastSAMModel,
-        Segmenter,
-        label_instances,
-        score_masks,
-    )
+    from schemas.job import ClipSpec, ModelSpec, SelectionSpec, parse_spec
     from workers.decode import ImageError, decode_image
+    from workers.stack import build_stack
 
-    model = FastSAMModel.load(args.model or TINY_CHECKPOINT, sha256=args.sha256, allow_unpinned=args.allow_unpinned)
-    params = EverythingParams(
-        imgsz=args.imgsz or model.default_imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, retina=True
+    given = {"imgsz": args.imgsz, "conf": args.conf, "iou": args.iou, "max_det": args.max_det}
+    model = parse_spec(
+        ModelSpec,
+        {
+            "checkpoint": str(args.model) if args.model else None,
+            "sha256": args.sha256,
+            "allow_unpinned": args.allow_unpinned,
+            **{k: v for k, v in given.items() if v is not None},
+        },
+        "segment options",
     )
-    segment = Segmenter(model, params)
-    embedder = None
-    if args.prompt:
-        if args.clip_arch == "color-words":
-            embedder = ColorWordEmbedder()
-        else:
-            embedder = ClipEmbedder(args.clip_arch, args.clip_weights, sha256=args.clip_sha256)
+    clip = parse_spec(
+        ClipSpec,
+        {
+            "arch": args.clip_arch,
+            "weights": str(args.clip_weights) if args.clip_weights else None,
+            "sha256": args.clip_sha256,
+            **({"max_masks": args.clip_max_masks} if args.clip_max_masks else {}),
+        },
+        "segment options",
+    )
+    selection = parse_spec(SelectionSpec, {"threshold": args.threshold}, "segment options")
+    stack = build_stack(model, clip, args.prompt, selection=selection)
     out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - closed below unless stdout
     failures = 0
     try:
@@ -60,11 +66,8 @@ def _segment(args: argparse.Namespace) -> int:
                 failures += 1
                 print(f"error: {getattr(e, 'kind', 'read_error')}: {e}", file=sys.stderr)
                 continue
-            batch = segment([img])[0]
-            labels = None
-            if embedder is not None:
-                batch = score_masks(img, batch, embedder, args.prompt)
-                labels = label_instances(batch, len(args.prompt), args.threshold)
+            with stack.threads_set():
+                batch = stack.label([img])[0]
             boxes = batch.bboxes_xywh()
             for i in range(len(batch)):
                 row = {
@@ -76,11 +79,11 @@ def _segment(args: argparse.Namespace) -> int:
                     "score": float(batch.scores[i]),
                     "stability": float(batch.stability[i]),
                 }
-                if labels is not None:
-                    lab = int(labels.label[i])
+                if args.prompt:
+                    lab = int(batch.columns["label"][i])
                     row["clip_scores"] = [None if np.isnan(v) else float(v) for v in batch.columns["clip_cosine"][i]]
                     row["label"] = args.prompt[lab] if lab >= 0 else None
-                    row["label_score"] = None if lab < 0 else float(labels.score[i])
+                    row["label_score"] = None if lab < 0 else float(batch.columns["label_score"][i])
                 out.write(json.dumps(row) + "\n")
             print(f"{path}: {len(batch)} masks", file=sys.stderr)
     finally:
@@ -327,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sha256", help="pinned sha256 of --model (needed unless it is a known checkpoint)")
     s.add_argument("--allow-unpinned", action="store_true", help="load an unpinned checkpoint (it is a pickle)")
     s.add_argument("--imgsz", type=int, help="model input size, a multiple of 32 (default: the model's own)")
-    s.add_argument("--conf", type=float, default=0.4, help="minimum box score (default 0.4)")
-    s.add_argument("--iou", type=float, default=0.9, help="NMS IoU threshold (default 0.9)")
-    s.add_argument("--max-det", type=int, default=300, help="most masks per image (default 300)")
+    s.add_argument("--conf", type=float, help=f"minimum box score (default {EverythingParams.conf})")
+    s.add_argument("--iou", type=float, help=f"NMS IoU threshold (default {EverythingParams.iou})")
+    s.add_argument("--max-det", type=int, help=f"most masks per image (default {EverythingParams.max_det})")
     s.add_argument("--prompt", action="append", default=[], help="a text prompt; repeat for several")
     s.add_argument("--threshold", type=float, default=0.5, help="minimum label probability (default 0.5)")
     s.add_argument(
@@ -337,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--clip-weights", type=Path, help="open_clip weights file for --clip-arch")
     s.add_argument("--clip-sha256", help="pinned sha256 of --clip-weights")
+    s.add_argument("--clip-max-masks", type=int, help="score at most this many masks per image (default: all)")
     s.add_argument("--max-pixels", type=int, default=100_000_000, help="largest image decoded (default 100M)")
     s.add_argument("--out", type=Path, help="output JSON-lines file (default: standard output)")
     s.set_defaults(func=_segment)

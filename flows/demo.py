@@ -21,7 +21,7 @@ BUCKET = "fastsam-demo"
 def _sample_images(n: int) -> dict[str, bytes]:
     from PIL import Image
 
-    from fastsam_core.synthetic import make_scene
+    from fastsam_core.testing.synthetic import make_scene
 
     out = {}
     rng = np.random.default_rng(2026)

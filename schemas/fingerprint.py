@@ -50,6 +50,7 @@ def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
         "clip.arch": c.arch if scored else None,
         "clip.sha256": hashes.clip if scored else None,
         "clip.min_area": c.min_area if scored else None,
+        **({"clip.max_masks": c.max_masks} if scored and c.max_masks is not None else {}),
         "prompts": list(job.prompts),
         "negative_prompts": list(job.negative_prompts),
         "selection.mode": job.selection.mode if scored else None,

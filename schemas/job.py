@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from schemas.params import EverythingParams
+
 #: Prefix of environment variables that override job fields; `__` separates nesting levels:
 #: FASTSAM_LABEL__MODEL__IMGSZ=640 sets `model.imgsz`. Values are parsed as YAML scalars/lists.
 ENV_PREFIX = "FASTSAM_LABEL__"
@@ -109,10 +111,8 @@ class ModelSpec(_Spec):
             `allow_unpinned`.
         allow_unpinned: load a checkpoint without a pinned hash (it is a pickle: trusted files only).
         imgsz: model input size in pixels, a multiple of 32; None = the checkpoint's own (1024 for FastSAM).
-        conf: minimum box score in [0, 1].
-        iou: NMS IoU threshold in [0, 1].
-        max_det: most masks per image, >= 1.
-        retina: masks at the original resolution (True, FastSAM's retina_masks) or upsampled model masks.
+        conf, iou, max_det, retina: everything-mode settings; defaults and ranges in
+            `schemas.params.EverythingParams`.
         device: "cpu", "cuda", "cuda:1"; None = CUDA when present.
         half: float16 inference; None = on CUDA only.
     """
@@ -120,20 +120,19 @@ class ModelSpec(_Spec):
     checkpoint: Uri | None = None
     sha256: Sha256 = None
     allow_unpinned: bool = False
-    imgsz: int | None = Field(None, ge=32, le=4096)
-    conf: float = Field(0.4, ge=0, le=1)
-    iou: float = Field(0.9, ge=0, le=1)
-    max_det: int = Field(300, ge=1, le=10000)
-    retina: bool = True
+    imgsz: int | None = None
+    conf: float = EverythingParams.conf
+    iou: float = EverythingParams.iou
+    max_det: int = EverythingParams.max_det
+    retina: bool = EverythingParams.retina
     device: str | None = None
     half: bool | None = None
 
-    @field_validator("imgsz")
+    @field_validator("imgsz", "conf", "iou", "max_det")
     @classmethod
-    def _imgsz(cls, v: int | None) -> int | None:
-        if v is not None and v % 32:
-            fix = max(round(v / 32), 1) * 32
-            raise ValueError(f"imgsz must be a multiple of 32 (the model's stride), but got {v}; try {fix}")
+    def _everything(cls, v, info):
+        if v is not None:
+            EverythingParams.check(info.field_name, v)
         return v
 
 
@@ -148,6 +147,9 @@ class ClipSpec(_Spec):
         allow_unpinned: load weights without a pinned hash.
         min_area: masks of this many pixels or fewer are not scored (their scores are null).
         batch_size: crops per CLIP forward pass (bounds memory).
+        max_masks: score at most this many masks per image, those with the highest detector score x
+            stability; the others keep null scores and no label. None = every mask (full recall);
+            a number trades recall for speed, as CLIP crops cost far more than segmentation on a CPU.
     """
 
     arch: str = "ViT-B-32"
@@ -156,6 +158,7 @@ class ClipSpec(_Spec):
     allow_unpinned: bool = False
     min_area: int = Field(100, ge=0)
     batch_size: int = Field(64, ge=1, le=4096)
+    max_masks: int | None = Field(None, ge=1)
 
 
 class SelectionSpec(_Spec):
@@ -179,7 +182,8 @@ class ComputeSpec(_Spec):
         shard_size: source objects per shard (the unit of retry and resume), >= 1.
         num_actors: Labeler actors (each holds the models once), >= 1.
         gpus_per_actor: GPUs per actor; fractions share a GPU (0.5 = two actors per GPU); 0 = CPU.
-        cpus_per_actor: CPUs reserved per actor (> 0).
+        cpus_per_actor: CPUs reserved per actor (> 0), and the CPU threads its models use; None = an
+            equal share of the cluster's CPUs (the machine's, for a local run), at least 1.
         batch_size: images per model forward pass, >= 1.
         read_threads: threads reading and decoding ahead of the model, per actor.
         prefetch: most images read or decoded ahead of the model, per actor.
@@ -194,13 +198,19 @@ class ComputeSpec(_Spec):
     shard_size: int = Field(256, ge=1, le=1_000_000)
     num_actors: int = Field(1, ge=1, le=10_000)
     gpus_per_actor: float = Field(0.0, ge=0)
-    cpus_per_actor: float = Field(1.0, gt=0)
+    cpus_per_actor: float | None = Field(None, gt=0)
     batch_size: int = Field(4, ge=1, le=1024)
     read_threads: int = Field(4, ge=1, le=256)
     prefetch: int = Field(8, ge=1, le=4096)
     read_ahead_pixels: int = Field(100_000_000, ge=1)
     ray_address: str | None = None
     max_shard_attempts: int = Field(2, ge=1, le=100)
+
+    def actor_cpus(self, available: float) -> float:
+        """CPUs per actor: `cpus_per_actor`, or an equal whole share of `available` CPUs (at least 1)."""
+        if self.cpus_per_actor is not None:
+            return self.cpus_per_actor
+        return float(max(1, int(available // self.num_actors)))
 
 
 class LimitsSpec(_Spec):
@@ -369,6 +379,18 @@ def _describe(err: dict) -> str:
     if err["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, dict | list):
         msg += f" (got {got!r})"
     return f"  {where}: {msg}" if where else f"  {msg}"
+
+
+def parse_spec(cls: type[_Spec], data: Mapping, what: str) -> Any:
+    """Validate one section of a job (a `ModelSpec`, ...) from a mapping.
+
+    Raises:
+        JobError: listing every bad field, as for a whole job.
+    """
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as e:
+        raise job_error(f"{what} is not valid", [_describe(err) for err in e.errors(include_url=False)]) from None
 
 
 def parse_job(data: Mapping, environ: Mapping[str, str] | None = None, origin: str = "job") -> Job:

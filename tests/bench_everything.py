@@ -22,7 +22,7 @@ import numpy as np
 
 
 def _image(h: int, w: int) -> np.ndarray:
-    from fastsam_core.synthetic import make_scene
+    from fastsam_core.testing.synthetic import make_scene
 
     return make_scene(np.random.default_rng(0), h, w, n_shapes=(8, 12))[0]
 

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     from moto.server import ThreadedMotoServer
     from PIL import Image
 
-    from fastsam_core.synthetic import make_scene
+    from fastsam_core.testing.synthetic import make_scene
     from schemas import RunLayout, parse_job
     from workers.labeler import Labeler
     from workers.shards import list_source, write_shard_list

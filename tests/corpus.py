@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from fastsam_core.synthetic import make_scene
+from fastsam_core.testing.synthetic import make_scene
 
 #: Byte limit the corpus is meant to be labelled with (`big.jpg` is over it).
 MAX_BYTES = 1_000_000

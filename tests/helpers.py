@@ -21,7 +21,7 @@ def make_random_checkpoint(path: Path, seed: int = 0, imgsz: int = 320) -> Path:
     from ultralytics.nn.tasks import SegmentationModel
 
     from fastsam_core.everything import letterbox
-    from fastsam_core.synthetic import make_scene
+    from fastsam_core.testing.synthetic import make_scene
 
     torch.manual_seed(seed)
     net = SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False).eval()
@@ -87,7 +87,7 @@ def scene_bytes(seed: int, h: int = 160, w: int = 192, fmt: str = "JPEG") -> byt
 
     from PIL import Image
 
-    from fastsam_core.synthetic import make_scene
+    from fastsam_core.testing.synthetic import make_scene
 
     img, _ = make_scene(np.random.default_rng(seed), h, w, n_shapes=(3, 5))
     buf = io.BytesIO()

@@ -5,7 +5,7 @@ import pycocotools.mask as mask_utils
 from PIL import Image
 
 from fastsam_core import TINY_CHECKPOINT, FastSAMModel, Segmenter
-from fastsam_core.synthetic import make_scene
+from fastsam_core.testing.synthetic import make_scene
 from flows.cli import main
 
 

@@ -7,7 +7,7 @@ from PIL import Image
 from fastsam_core import ClipEmbedder, score_masks
 from fastsam_core.checkpoints import CheckpointError, sha256_file
 from fastsam_core.scoring import mask_crops
-from fastsam_core.synthetic import make_scene
+from fastsam_core.testing.synthetic import make_scene
 from tests.helpers import batch_from_masks
 
 ARCH = "ViT-S-32"  # a real open_clip architecture, small enough for the CPU
@@ -66,3 +66,24 @@ def test_unpinned_or_wrong_weights_are_refused(clip_weights):
         ClipEmbedder(ARCH, clip_weights, sha256="1" * 64)
     with pytest.raises(ValueError, match="unknown to open_clip"):
         ClipEmbedder("ViT-Nope", clip_weights)
+
+
+def test_pipelined_embedding_equals_one_forward_per_chunk(clip_weights):
+    """Crops pulled lazily and prepared one chunk ahead give the same vectors as preparing them first."""
+    img, shapes = make_scene(np.random.default_rng(7), 120, 150, n_shapes=(4, 6))
+    batch = batch_from_masks([s.mask for s in shapes])
+    emb = ClipEmbedder(ARCH, clip_weights, sha256=sha256_file(clip_weights), device="cpu", chunk_size=2)
+    crops = mask_crops(img, batch, range(len(batch)))
+    pulled = []
+
+    def lazily():
+        for c in crops:
+            pulled.append(1)
+            yield c
+
+    ours = emb.embed_images(lazily())
+    with torch.inference_mode():
+        ref = [emb.model.encode_image(emb.prepare(crops[s : s + 2]), normalize=True) for s in range(0, len(crops), 2)]
+    assert len(pulled) == len(crops)
+    assert np.array_equal(ours, torch.cat(ref).numpy())
+    assert emb.embed_images(iter(())).shape == (0, emb.model.visual.output_dim)

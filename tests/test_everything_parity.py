@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
-from fastsam_core.synthetic import make_scene
+from fastsam_core.testing.synthetic import make_scene
 
 
 def _ultralytics(path, images, params):

@@ -22,7 +22,11 @@ def test_defaults_and_frozen():
     [
         ({}, does_not_raise()),
         ({"model": {"imgsz": 100}}, pytest.raises(JobError, match=r"model\.imgsz: .*multiple of 32.*try 96")),
-        ({"model": {"conf": 1.5}}, pytest.raises(JobError, match=r"model\.conf: .*less than or equal to 1.*1\.5")),
+        (
+            {"model": {"conf": 1.5}},
+            pytest.raises(JobError, match=r"model\.conf: .*\(0, 1\], but got 1\.5"),
+        ),
+        ({"model": {"conf": 0}}, pytest.raises(JobError, match=r"model\.conf: conf must be in \(0, 1\], but got 0")),
         ({"model": {"sha256": "abc"}}, pytest.raises(JobError, match=r"model\.sha256: .*64 hex digits.*sha256sum")),
         ({"model": {"sha256": 1234}}, pytest.raises(JobError, match=r"model\.sha256: .*quote it in YAML")),
         ({"source": {"uri": "gs://b/x"}}, pytest.raises(JobError, match=r"source\.uri: .*gs://.*use s3:// or a local")),
@@ -100,3 +104,36 @@ def test_source_filter():
     assert job.source.extensions == (".jpg", ".png")
     assert job.source.wants("cams/a/x.JPG") and job.source.wants("cams/y.png")
     assert not job.source.wants("other/x.jpg") and not job.source.wants("cams/x.gif")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "ok"),
+    [
+        ("conf", 0, False),
+        ("conf", 1e-9, True),
+        ("conf", 1, True),
+        ("iou", 0, False),
+        ("iou", 1.0001, False),
+        ("max_det", 0, False),
+        ("max_det", 10_000, True),
+        ("max_det", 10_001, False),
+        ("imgsz", 32, True),
+        ("imgsz", 4096, True),
+        ("imgsz", 4128, False),
+        ("imgsz", 100, False),
+    ],
+)
+def test_a_job_accepts_exactly_the_everything_params_a_segmenter_runs_with(field, value, ok):
+    """One copy of the ranges: a job that validates never fails in the actors (model.conf: 0 once did)."""
+    from schemas.params import EverythingParams
+
+    def accepts(make, error):
+        try:
+            make()
+        except error:
+            return False
+        return True
+
+    runs = accepts(lambda: EverythingParams(**{field: value}), ValueError)
+    valid = accepts(lambda: parse_job({**BASE, "model": {field: value}}), JobError)
+    assert (runs, valid) == (ok, ok)

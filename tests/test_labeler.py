@@ -17,6 +17,7 @@ from tests.helpers import plan_for, scene_bytes
 from workers import commit
 from workers.decode import decode_image
 from workers.labeler import Labeler
+from workers.raydata import BatchLabeler
 from workers.shards import read_shard_list
 from workers.store import open_store
 
@@ -235,15 +236,17 @@ def test_a_failing_image_becomes_a_label_error_row(labelled, monkeypatch):
     labeler = labelled["labeler"]
     output = labeler.output
     objs = read_shard_list(output, LAYOUT, 2)
-    real = labeler.segmenter
+    real = labeler.stack.segmenter
 
     class Flaky:
+        model = real.model
+
         def __call__(self, images):
             if any(im.shape[:2] == (224, 128) for im in images):
                 raise RuntimeError("simulated kernel failure")
             return real(images)
 
-    monkeypatch.setattr(labeler, "segmenter", Flaky())
+    monkeypatch.setattr(labeler.stack, "segmenter", Flaky())
     results = labeler.label_results(objs)
     assert [r.key for r in results] == [o.key for o in objs]
     statuses = {r.key: r.status for r in results}
@@ -258,7 +261,8 @@ def test_ray_data_callable_returns_one_row_per_image(labelled):
     keys = ["good/plain scene.jpg", "bad/text named.jpg", "modes/gray.png"]
     data = [client.get_object(Bucket=bucket, Key=f"src/{k}")["Body"].read() for k in keys]
     batch = {"bytes": np.array(data, dtype=object), "path": np.array(keys, dtype=object)}
-    out = labelled["labeler"](batch)
+    ray_data = BatchLabeler(labelled["job"], stack=labelled["labeler"].stack)
+    out = ray_data(batch)
     rows = out.to_pylist()
     assert [r["key"] for r in rows] == keys
     assert [r["status"] for r in rows] == ["ok", "unsupported", "ok"]
@@ -267,10 +271,10 @@ def test_ray_data_callable_returns_one_row_per_image(labelled):
     shard_masks = [m for m in labelled["masks"].to_pylist() if m["image_id"] == scene_id]
     assert [m["rle_counts"] for m in rows[0]["masks"]] == [m["rle_counts"] for m in shard_masks]
     decoded = {"image": np.array([decode_image(data[2], "g", 10**8).rgb], dtype=object)}
-    from_arrays = labelled["labeler"](decoded).to_pylist()
+    from_arrays = ray_data(decoded).to_pylist()
     assert [m["rle_counts"] for m in from_arrays[0]["masks"]] == [m["rle_counts"] for m in rows[2]["masks"]]
     with pytest.raises(ValueError, match="'bytes' or an 'image' column"):
-        labelled["labeler"]({"path": np.array(["x"])})
+        ray_data({"path": np.array(["x"])})
 
 
 def test_a_one_pixel_read_ahead_budget_labels_the_same(labelled):

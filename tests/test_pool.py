@@ -6,6 +6,7 @@ from tests.ray_support import first_read, make_job, map_in_background, plan, rea
 from workers.cluster import private_cluster
 from workers.labeler import Labeler
 from workers.pool import LabelerPool, ShardError
+from workers.raydata import BatchLabeler
 
 ray = pytest.importorskip("ray")
 
@@ -89,12 +90,12 @@ def test_ray_data_map_batches(s3_endpoint, source):
     items = [{"bytes": client.get_object(Bucket=bucket, Key=k)["Body"].read(), "path": k} for k in keys[:6]]
     items.append({"bytes": b"not an image", "path": "bad.jpg"})
     ds = ray.data.from_items(items).map_batches(
-        Labeler, fn_constructor_args=(job,), batch_size=4, concurrency=1, batch_format="numpy"
+        BatchLabeler, fn_constructor_args=(job,), batch_size=4, concurrency=1, batch_format="numpy"
     )
     rows = sorted(ds.take_all(), key=lambda r: r["key"])
     assert [r["key"] for r in rows] == sorted(k for k in [*keys[:6], "bad.jpg"])
     status = {r["key"]: r["status"] for r in rows}
     assert status.pop("bad.jpg") == "unsupported" and set(status.values()) == {"ok"}
-    direct = Labeler(job)({"bytes": np.array([items[0]["bytes"]], dtype=object), "path": np.array([keys[0]])})
+    direct = BatchLabeler(job)({"bytes": np.array([items[0]["bytes"]], dtype=object), "path": np.array([keys[0]])})
     via_ray = next(r for r in rows if r["key"] == keys[0])
     assert [m["rle_counts"] for m in via_ray["masks"]] == [m["rle_counts"] for m in direct.to_pylist()[0]["masks"]]

@@ -10,9 +10,12 @@ from fastsam_core import (
     score_masks,
     select_by_boxes,
     select_by_points,
+    with_labels,
 )
 from fastsam_core import rle as rle_utils
-from fastsam_core.synthetic import PALETTE
+from fastsam_core.batch import MaskBatch
+from fastsam_core.scoring import score_images, scored_rows
+from fastsam_core.testing.synthetic import PALETTE
 from tests.helpers import batch_from_masks
 
 H, W = 40, 60
@@ -149,3 +152,56 @@ def test_no_scored_masks_gives_no_answer():
     b = score_masks(img, batch_from_masks(masks[-1:]), ColorWordEmbedder(), ["red"])
     assert list(best_mask_per_prompt(b, 1)) == [NO_MASK]
     assert list(label_instances(b, 1).label) == [NO_MASK]
+
+
+def test_crops_of_several_images_stream_through_one_embedder_call():
+    """score_images == score_masks per image, with one embed_images call for all the crops."""
+    img, _, masks = _color_scene()
+    other = img[:, ::-1].copy()
+    b1, b2 = batch_from_masks(masks), batch_from_masks([m[:, ::-1] for m in masks[:3]])
+    calls = []
+
+    class Counting(ColorWordEmbedder):
+        def embed_images(self, crops):
+            out = super().embed_images(crops)
+            calls.append(len(out))
+            return out
+
+    emb = Counting()
+    joint = score_images([img, other], [b1, b2], emb, ["red", "blue"], negatives=["green"])
+    assert calls == [5 + 3]  # the 9 px mask is not scored
+    for got, (im, b) in zip(joint, [(img, b1), (other, b2)], strict=True):
+        alone = score_masks(im, b, ColorWordEmbedder(), ["red", "blue"], negatives=["green"])
+        for name in ("clip_cosine", "clip_prob"):
+            assert np.array_equal(got.columns[name], alone.columns[name], equal_nan=True)
+
+
+def test_max_masks_scores_the_best_masks_by_score_times_stability():
+    img, _, masks = _color_scene()
+    b = batch_from_masks(masks)
+    b = MaskBatch(
+        b.image_hw, b.boxes_xyxy, np.array([0.9, 0.5, 0.8, 0.95, 0.3, 1.0], np.float32), b.rles, b.areas,
+        np.array([1.0, 1.0, 0.5, 0.9, 1.0, 1.0], np.float32), b.mask_ids,
+    )  # fmt: skip
+    # score x stability: 0.9, 0.5, 0.4, 0.855, 0.3 (and the 9 px mask, never scored: 1.0)
+    assert list(scored_rows(b, min_area=100, max_masks=2)) == [0, 3]
+    scored = with_labels(score_masks(img, b, ColorWordEmbedder(), ["red", "blue"], max_masks=2), 2, "instances", 0.5)
+    cos = scored.columns["clip_cosine"]
+    assert [not np.isnan(row).any() for row in cos] == [True, False, False, True, False, False]
+    assert list(scored.columns["label"]) == [1, NO_MASK, NO_MASK, 0, NO_MASK, NO_MASK]  # blue, -, -, red
+    assert list(scored_rows(b, min_area=100, max_masks=None)) == [0, 1, 2, 3, 4]
+
+
+def test_best_mode_labels_one_mask_per_prompt():
+    img, _, masks = _color_scene()
+    b = score_masks(img, batch_from_masks(masks), ColorWordEmbedder(), ["red", "yellow", "purple"])
+    labelled = with_labels(b, 3, "best")
+    label = labelled.columns["label"]
+    # red: mask 1 (two red squares tie; the first wins); yellow: mask 4; purple is in no mask, every
+    # cosine is 0, so FastSAM's argmax answers with the first scored mask (0).
+    assert list(label) == [2, 0, NO_MASK, NO_MASK, 1, NO_MASK]
+    assert np.array_equal(np.isnan(labelled.columns["label_score"]), label == NO_MASK)
+    none = with_labels(b, 3, "none")
+    assert (none.columns["label"] == NO_MASK).all() and np.isnan(none.columns["label_score"]).all()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        with_labels(b, 3, "most")

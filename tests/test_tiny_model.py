@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastsam_core import TINY_CHECKPOINT, FastSAMModel, Segmenter
-from fastsam_core.synthetic import make_scene
+from fastsam_core.testing.synthetic import make_scene
 
 
 @pytest.fixture(scope="module")

@@ -103,13 +103,16 @@ class LabelerPool:
         """
         import ray
 
-        c = job.compute
-        self.job = job
         self.start_timeout_s = start_timeout_s
         self.output = open_store(job.output, job.storage)
         self.source = open_store(job.source.uri, job.storage)
         self._exit = contextlib.ExitStack()
-        self._exit.enter_context(cluster.connect(cluster.address_for(c.ray_address)))
+        self._exit.enter_context(cluster.connect(cluster.address_for(job.compute.ray_address)))
+        # Every actor gets the same CPU count (and so the same torch threads: equal scores bit for bit).
+        cpus = job.compute.actor_cpus(ray.cluster_resources().get("CPU", 1.0))
+        job = job.model_copy(update={"compute": job.compute.model_copy(update={"cpus_per_actor": cpus})})
+        self.job = job
+        c = job.compute
         actor_cls = ray.remote(LabelerActor).options(
             num_cpus=c.cpus_per_actor,
             num_gpus=c.gpus_per_actor,

@@ -48,8 +48,8 @@ class ImageResult:
         etag, size: of the bytes read (the listing's until the object is read).
         status: an ImageStatus; error: the message (None when ok).
         width, height, frames: of the decoded image (None when not decoded).
-        masks: the image's masks with "clip_cosine"/"clip_prob" columns when prompts were scored.
-        label, label_score: (N,) prompt index (-1 none) and its probability per mask.
+        masks: the image's masks; with prompts, also the "clip_cosine", "clip_prob", "label" and
+            "label_score" columns (`workers.stack.ModelStack.score`).
         prompts: results of the image's sidecar prompts.
         ms: wall milliseconds per stage (read, decode, segment, score).
     """
@@ -65,8 +65,6 @@ class ImageResult:
     height: int | None = None
     frames: int | None = None
     masks: MaskBatch | None = None
-    label: np.ndarray | None = None
-    label_score: np.ndarray | None = None
     prompts: list[PromptResult] = field(default_factory=list)
     ms: dict[str, float] = field(default_factory=dict)
 
@@ -112,8 +110,8 @@ def mask_columns(r: ImageResult, prompts: Sequence[str]) -> dict[str, list]:
     """The masks-table columns of one image (without run_id and image_id)."""
     b = r.masks
     n = len(b)
-    label = r.label if r.label is not None else np.full(n, -1)
-    score = r.label_score if r.label_score is not None else np.full(n, np.nan)
+    label = b.columns.get("label", np.full(n, -1))
+    score = b.columns.get("label_score", np.full(n, np.nan))
     has = label >= 0
     return {
         "mask_id": b.mask_ids.tolist(),

@@ -1,10 +1,11 @@
 """Synthetic scenes of coloured shapes with exact instance masks.
 
-They serve three purposes: training data for the small offline model (`fastsam_core.train_tiny`),
+They serve three purposes: training data for the small offline model (`tools.train_tiny`),
 ground truth for tests, and sample images for the offline demo. Everything is drawn with OpenCV
 from a seeded `numpy.random.Generator`, so a seed always gives the same pixels.
 
-Colours are named (`PALETTE`) so that text prompts such as "red" have a checkable answer.
+Colours are the colour-word embedder's (`fastsam_core.color_words.PALETTE`), so that text prompts
+such as "red" have a checkable answer.
 """
 
 from __future__ import annotations
@@ -14,16 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-#: Named colours as RGB uint8 triples. Saturated, so they never look like the grey background.
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 35, 35),
-    "green": (35, 170, 60),
-    "blue": (40, 70, 225),
-    "yellow": (235, 215, 40),
-    "orange": (245, 135, 25),
-    "purple": (140, 50, 190),
-    "cyan": (40, 200, 215),
-}
+from fastsam_core.color_words import PALETTE
+
 SHAPE_KINDS = ("circle", "rectangle", "triangle", "ellipse", "star")
 TEXTURES = ("solid", "stripes", "noise")
 

@@ -1,11 +1,11 @@
 """Train the small offline FastSAM-architecture model on synthetic shapes.
 
 FastSAM is a one-class YOLOv8-seg network. This script trains the same architecture at the
-smallest scale ("n") on scenes from `fastsam_core.synthetic`, on the CPU, with nothing downloaded,
+smallest scale ("n") on scenes from `fastsam_core.testing.synthetic`, on the CPU, with nothing downloaded,
 then measures mask mAP50 on held-out scenes with ultralytics' own validator and writes the
 checkpoint in ultralytics' format. Remake the committed checkpoint with:
 
-    python -m fastsam_core.train_tiny --out fastsam_core/weights/fastsam-tiny.pt
+    python -m tools.train_tiny --out fastsam_core/weights/fastsam-tiny.pt
 
 and put the printed sha256 and size into `fastsam_core.checkpoints.KNOWN_CHECKPOINTS`.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fastsam_core.synthetic import make_scene, mask_to_polygon
+from fastsam_core.testing.synthetic import make_scene, mask_to_polygon
 
 TRAIN_IMGSZ = 160
 
