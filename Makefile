@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test demo lint format bench bench-labeler bench-plan tiny-model
+.PHONY: setup test demo lint format bench bench-pipeline bench-labeler bench-plan tiny-model
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,11 @@ format: setup
 # Everything-mode time and memory against ultralytics' FastSAM predictor, in one run.
 bench: setup
 	$(PY) -m tests.bench_everything
+
+# The whole pipeline against the ultralytics loop people write today, interleaved rounds (see docs/benchmarks.md;
+# about an hour on 2 CPU cores at the default size: BENCH_ARGS="--images 30 --prompt-images 8 --rounds 2" is quicker).
+bench-pipeline: setup
+	$(PY) -m tests.bench_pipeline $(BENCH_ARGS)
 
 # Labeler throughput on a loopback S3 endpoint: one reader vs read-ahead and batching, in one run.
 bench-labeler: setup

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastsam_core.checkpoints import CheckpointError, known_checkpoint, verify_checkpoint
+
+if TYPE_CHECKING:
+    from fastsam_core.onnx_net import OnnxNetwork
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics must never reach for the network from here
 
@@ -33,6 +37,8 @@ class FastSAMModel:
         name: the checkpoint's file name.
         default_imgsz: the input size the checkpoint was trained for (1024 for FastSAM).
         nc: number of classes (1 for FastSAM).
+        onnx: when set, `forward` runs this ONNX Runtime session of the network instead of `net`
+            (`use_onnxruntime`).
     """
 
     net: torch.nn.Module
@@ -43,6 +49,7 @@ class FastSAMModel:
     name: str
     default_imgsz: int
     nc: int = 1
+    onnx: OnnxNetwork | None = None
 
     @classmethod
     def load(
@@ -100,9 +107,40 @@ class FastSAMModel:
             preds (B, 4 + nc + 32, A) raw box/score/coefficient rows per anchor, and
             protos (B, 32, H / 4, W / 4) mask prototypes.
         """
+        if self.onnx is not None:
+            return self.onnx(batch)
         out = self.net(batch.half() if self.half else batch.float())
         preds, protos = out[0] if isinstance(out[0], (tuple, list)) else out
         return preds, protos
+
+    @property
+    def runtime(self) -> str:
+        """What runs the network: "torch" or "onnxruntime"."""
+        return "torch" if self.onnx is None else "onnxruntime"
+
+    def use_onnxruntime(self, cache_dir: str | Path, threads: int | None = None) -> FastSAMModel:
+        """This model with its network run by ONNX Runtime, exported into `cache_dir` on first use.
+
+        Args:
+            cache_dir: folder of exports, named by checkpoint sha256 and export settings.
+            threads: CPU threads of the session; None = ONNX Runtime's default.
+
+        Raises:
+            ValueError: half precision was asked for (the export is float32).
+        """
+        from fastsam_core.onnx_net import OnnxNetwork, export_onnx, onnx_path
+
+        if self.half:
+            raise ValueError("the onnxruntime runtime runs float32; set half to false or use the torch runtime")
+        path = onnx_path(cache_dir, self.sha256)
+        if not path.is_file():
+            export_onnx(self.net, path)
+        try:
+            session = OnnxNetwork(path, self.device, threads)
+        except Exception:  # an unreadable export (a disk fault, a foreign file): make it again, once
+            export_onnx(self.net, path)
+            session = OnnxNetwork(path, self.device, threads)
+        return replace(self, onnx=session)
 
     def warmup(self, imgsz: int) -> None:
         """One forward pass on a blank image, so the first real batch is not slowed by lazy set-up."""

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -163,8 +164,14 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
     if planned is not None:  # a resume: refuse another job now, not after Prefect and Ray have started
         runs.check_same_job(planned, fingerprint(spec, checked.hashes))
     print(f"run {layout.run_id}: labelling {job.source.uri} -> {spec.output} (resume with --run-id {layout.run_id})")
+    from workers.pool import started_ahead
+
+    if threading.current_thread() is threading.main_thread():
+        # What Ray's driver would do, had it started on this thread: finally blocks and clean-up run.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        with _progress(output, layout):
+        ahead = contextlib.nullcontext() if runs.is_committed(output, layout) else started_ahead(spec)
+        with ahead, _progress(output, layout):
             summary = label_collection(job=job.model_dump(mode="json"), run_id=layout.run_id, incremental=incremental)
     except RunFailedError as e:
         print(json.dumps(e.summary.model_dump(mode="json"), indent=2))

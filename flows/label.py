@@ -186,12 +186,12 @@ def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease
         PoolError: no Labeler actor could start.
         RunBusyError: another flow took the run over.
     """
-    from workers.pool import LabelerPool, PoolError, ShardError
+    from workers.pool import PoolError, ShardError, pool_for
 
     failed: dict[int, str] = {}
     labelled = 0
     queue = list(todo)
-    with LabelerPool(spec) as pool:
+    with pool_for(spec) as pool:
         window = 2 * spec.compute.num_actors  # shards queued ahead of the actors
         running: dict = {}
         while queue or running:

@@ -47,6 +47,7 @@ def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
         "model.max_det": m.max_det,
         "model.retina": m.retina,
         "model.half": m.half,
+        **({"model.runtime": m.runtime} if m.runtime != "torch" else {}),
         "clip.arch": c.arch if scored else None,
         "clip.sha256": hashes.clip if scored else None,
         "clip.min_area": c.min_area if scored else None,

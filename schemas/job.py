@@ -114,7 +114,10 @@ class ModelSpec(_Spec):
         conf, iou, max_det, retina: everything-mode settings; defaults and ranges in
             `schemas.params.EverythingParams`.
         device: "cpu", "cuda", "cuda:1"; None = CUDA when present.
-        half: float16 inference; None = on CUDA only.
+        half: float16 inference; None = on CUDA only (torch runtime only).
+        runtime: what runs the network: "torch", or "onnxruntime" (exported from the verified
+            checkpoint once per machine into the weights cache; CPU, CUDA or TensorRT provider).
+            Letterbox, NMS, masks, RLE and prompts are the same code on both.
     """
 
     checkpoint: Uri | None = None
@@ -127,6 +130,7 @@ class ModelSpec(_Spec):
     retina: bool = EverythingParams.retina
     device: str | None = None
     half: bool | None = None
+    runtime: Literal["torch", "onnxruntime"] = "torch"
 
     @field_validator("imgsz", "conf", "iou", "max_det")
     @classmethod
@@ -134,6 +138,14 @@ class ModelSpec(_Spec):
         if v is not None:
             EverythingParams.check(info.field_name, v)
         return v
+
+    @model_validator(mode="after")
+    def _runtime(self) -> ModelSpec:
+        if self.runtime == "onnxruntime" and self.half:
+            raise ValueError(
+                "half is not available with runtime onnxruntime (float32); set half: false or runtime: torch"
+            )
+        return self
 
 
 class ClipSpec(_Spec):

@@ -6,7 +6,8 @@ The source is an in-memory listing of N + new objects (what a paginated S3 listi
 the network); the output holds one committed run that labelled the N earlier objects, either as
 the incremental index (`index/part-*.parquet`) or, for comparison, only as that run's images tables
 (what planning read before the index: every images table of every committed run). Each case runs in
-a fresh process so its peak RSS is its own.
+a fresh process so its peak RSS is its own. A last case plans a first run of N objects (nothing
+seen before), every shard list written.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _earlier_run(out: Path, n: int, legacy: bool) -> None:
     store.put(layout.success, b"")
 
 
-def _plan(out: Path, n: int, new: int) -> dict:
+def _plan(out: Path, n: int, new: int, incremental: bool = True) -> dict:
     from schemas import RunLayout, parse_job
     from tests.memory import peak_rss_bytes
     from workers import runs
@@ -79,21 +80,26 @@ def _plan(out: Path, n: int, new: int) -> dict:
 
     job = parse_job({"source": {"uri": "s3://bench-source/cams"}, "output": str(out)}, environ={})
     t0 = time.perf_counter()
-    plan = runs.plan_run(job, ListingStore(n + new), LocalStore(out), RunLayout("next"), {}, incremental=True)
+    layout = RunLayout("next")
+    plan = runs.plan_run(job, ListingStore(n + new), LocalStore(out), layout, {}, incremental=incremental)
     seconds = time.perf_counter() - t0
     peak = peak_rss_bytes() / 2**20
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(peak), "listed": plan.listed, "planned": plan.objects}
+    written = sum(1 for _ in (out / layout.shards_prefix).rglob("*.parquet"))
+    return {
+        "seconds": round(seconds, 2), "peak_rss_mib": round(peak), "listed": plan.listed, "planned": plan.objects,
+        "shard_lists": written,
+    }  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objects", type=int, default=1_000_000)
     p.add_argument("--new", type=int, default=1_000)
-    p.add_argument("--case", choices=["index", "legacy"], help=argparse.SUPPRESS)
+    p.add_argument("--case", choices=["index", "legacy", "full"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.case:  # a child: plan once and print the numbers
-        print(json.dumps(_plan(Path(args.out), args.objects, args.new)))
+        print(json.dumps(_plan(Path(args.out), args.objects, args.new, incremental=args.case != "full")))
         return
     print(f"planning an incremental run over {args.objects + args.new:,} listed objects, {args.objects:,} seen before")
     for case in ("index", "legacy"):
@@ -107,6 +113,14 @@ def main() -> None:
             assert got["planned"] == args.new, got
             print(f"{case:>6}: {got['seconds']:6.2f} s, peak RSS {got['peak_rss_mib']:5d} MiB, "
                   f"{got['planned']:,} planned (setup {setup:.1f} s)")  # fmt: skip
+    print(f"planning a first run: {args.objects:,} listed objects, all of them new, every shard list written")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "tests.bench_plan", "--case", "full", "--out", tmp]
+        cmd += ["--objects", str(args.objects), "--new", "0"]
+        got = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        assert got["planned"] == args.objects, got
+        print(f"  full: {got['seconds']:6.2f} s, peak RSS {got['peak_rss_mib']:5d} MiB, {got['planned']:,} planned "
+              f"in {got['shard_lists']:,} shard lists")  # fmt: skip
 
 
 if __name__ == "__main__":

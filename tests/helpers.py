@@ -11,8 +11,11 @@ from fastsam_core import MaskBatch
 from fastsam_core import rle as rle_utils
 
 
-def make_random_checkpoint(path: Path, seed: int = 0, imgsz: int = 320) -> Path:
-    """Save a one-class YOLOv8n-seg checkpoint with random weights that emits hundreds of masks.
+def make_random_checkpoint(path: Path, seed: int = 0, imgsz: int = 320, scale: str = "n") -> Path:
+    """Save a one-class YOLOv8-seg checkpoint with random weights that emits hundreds of masks.
+
+    `scale` is the YOLOv8 scale: "n" (small, for tests) or "s" and "x" (FastSAM-s and FastSAM-x's
+    architectures, for benchmarks).
 
     Plain random initialisation makes a network whose outputs collapse to constants (tied scores,
     empty masks); the heads are rescaled on a calibration image so that box scores spread over
@@ -24,7 +27,7 @@ def make_random_checkpoint(path: Path, seed: int = 0, imgsz: int = 320) -> Path:
     from fastsam_core.testing.synthetic import make_scene
 
     torch.manual_seed(seed)
-    net = SegmentationModel("yolov8n-seg.yaml", nc=1, verbose=False).eval()
+    net = SegmentationModel(f"yolov8{scale}-seg.yaml", nc=1, verbose=False).eval()
     for mod in net.modules():
         if isinstance(mod, torch.nn.Conv2d) and mod.weight.requires_grad:  # not the DFL's fixed arange
             torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")

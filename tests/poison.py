@@ -8,8 +8,8 @@ import os
 
 
 def install() -> None:
-    """Wrap the Labeler's decode_image in this worker process."""
-    import workers.labeler as labeler
+    """Wrap the per-image steps' decode_image in this worker process."""
+    import workers.steps as labeler
 
     real = labeler.decode_image
 

@@ -69,23 +69,38 @@ def _scenes(sizes, seed):
     return [make_scene(rng, h, w, n_shapes=(3, 7))[0] for h, w in sizes]
 
 
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+def _load(path, runtime, onnx_cache, **kw):
+    model = FastSAMModel.load(path, device="cpu", **kw)
+    return model.use_onnxruntime(onnx_cache) if runtime == "onnxruntime" else model
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("retina", [True, False])
 @pytest.mark.parametrize("sizes", [[(200, 300)], [(333, 251)], [(240, 320), (150, 410)]], ids=["wide", "odd", "mixed"])
-def test_random_weights_match_ultralytics(random_checkpoint, sizes, retina):
+def test_random_weights_match_ultralytics(random_checkpoint, sizes, retina, runtime, onnx_cache):
+    """Both runtimes against ultralytics' predictor: the same masks (IoU >= 0.99 each), count and scores."""
     params = EverythingParams(imgsz=320, conf=0.4, iou=0.9, max_det=300, retina=retina)
     images = _scenes(sizes, seed=len(sizes))
-    ours = Segmenter(FastSAMModel.load(random_checkpoint, allow_unpinned=True, device="cpu"), params)(images)
+    model = _load(random_checkpoint, runtime, onnx_cache, allow_unpinned=True)
+    assert model.runtime == runtime
+    ours = Segmenter(model, params)(images)
     refs = _ultralytics(random_checkpoint, images, params)
     assert sum(len(b) for b in ours) >= 100 * len(images)  # hundreds of masks: a real stress of the matching
     for b, ref in zip(ours, refs, strict=True):
         _assert_twins(b, ref)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("retina", [True, False])
-def test_trained_tiny_model_matches_ultralytics(retina):
+def test_trained_tiny_model_matches_ultralytics(retina, runtime, onnx_cache):
     params = EverythingParams(imgsz=160, conf=0.4, iou=0.9, retina=retina)
     images = _scenes([(160, 160), (200, 280), (97, 131)], seed=7)
-    seg = Segmenter(FastSAMModel.load(TINY_CHECKPOINT, device="cpu"), params)
+    seg = Segmenter(_load(TINY_CHECKPOINT, runtime, onnx_cache), params)
     for im in images:
         ours = seg([im])[0]
         assert len(ours) > 0
@@ -150,3 +165,22 @@ def test_unpinned_model_is_refused(random_checkpoint):
         FastSAMModel.load(random_checkpoint)
     with pytest.raises(ValueError, match="half precision needs a CUDA device"):
         FastSAMModel.load(random_checkpoint, allow_unpinned=True, device="cpu", half=True)
+
+
+def test_the_onnx_export_is_made_once_and_remade_when_unreadable(random_checkpoint, tmp_path):
+    from fastsam_core.onnx_net import onnx_path
+
+    model = FastSAMModel.load(random_checkpoint, allow_unpinned=True, device="cpu")
+    first = model.use_onnxruntime(tmp_path, threads=1)
+    path = onnx_path(tmp_path, model.sha256)
+    assert first.onnx.path == path and [p.name for p in tmp_path.iterdir()] == [path.name]
+    made = path.stat().st_mtime_ns
+    assert model.use_onnxruntime(tmp_path).onnx.path.stat().st_mtime_ns == made  # cached: not exported again
+    path.write_bytes(b"half an export")
+    again = model.use_onnxruntime(tmp_path)
+    x = torch.rand(1, 3, 96, 128)
+    ref_preds, ref_protos = model.forward(x)
+    preds, protos = again.forward(x)
+    assert preds.shape == ref_preds.shape and protos.shape == ref_protos.shape
+    assert torch.allclose(preds, ref_preds, atol=1e-3) and torch.allclose(protos, ref_protos, atol=1e-4)
+    assert model.runtime == "torch" and again.runtime == "onnxruntime"

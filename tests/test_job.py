@@ -26,6 +26,8 @@ def test_defaults_and_frozen():
             {"model": {"conf": 1.5}},
             pytest.raises(JobError, match=r"model\.conf: .*\(0, 1\], but got 1\.5"),
         ),
+        ({"model": {"runtime": "onnxruntime", "half": True}}, pytest.raises(JobError, match=r"model: half is not")),
+        ({"model": {"runtime": "tensorrt"}}, pytest.raises(JobError, match=r"model\.runtime: .*'torch' or 'onnx")),
         ({"model": {"conf": 0}}, pytest.raises(JobError, match=r"model\.conf: conf must be in \(0, 1\], but got 0")),
         ({"model": {"sha256": "abc"}}, pytest.raises(JobError, match=r"model\.sha256: .*64 hex digits.*sha256sum")),
         ({"model": {"sha256": 1234}}, pytest.raises(JobError, match=r"model\.sha256: .*quote it in YAML")),

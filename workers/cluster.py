@@ -20,6 +20,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 
 #: Ray's environment variables for authentication.
@@ -104,6 +105,10 @@ def private_cluster(num_cpus: int | None = None, runtime_env: dict | None = None
     ray_constants.ENABLE_RAY_CLUSTER = False
     Config.initialize("")  # Ray reads RAY_AUTH_MODE into its config once; re-read it, as ray.init does
     AuthenticationTokenLoader.instance().reset_cache()
+    if threading.current_thread() is not threading.main_thread():
+        # Ray sets its SIGTERM handler (sys.exit) from the main thread only and warns otherwise;
+        # the CLI, which starts the cluster in a thread, sets that handler itself.
+        logging.getLogger("ray._private.worker").addFilter(_not_main_thread_warning)
     try:
         ctx = ray.init(
             address="local",
@@ -126,3 +131,8 @@ def private_cluster(num_cpus: int | None = None, runtime_env: dict | None = None
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _not_main_thread_warning(record: logging.LogRecord) -> bool:
+    """A logging filter: False for Ray's warning that a thread other than the main one started it."""
+    return not str(record.msg).startswith("SIGTERM handler is not set because current thread is not the main")

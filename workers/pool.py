@@ -23,7 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from schemas.job import Job
 from schemas.layout import RunLayout
@@ -306,3 +306,55 @@ class LabelerPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+#: Pools being started ahead of the flow that will use them, by the JSON of their job.
+_ahead: dict[str, Future] = {}
+_ahead_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def started_ahead(job: Job) -> Iterator[None]:
+    """Start a pool for `job` in a background thread now; `pool_for(job)` inside the block takes it.
+
+    The CLI wraps its flow in this, so Ray and the actors' model loading overlap Prefect's server
+    start. A pool nobody took is closed when the block ends; a taken one belongs to the taker.
+    The starting thread lives until the block ends: Ray's local processes die with the thread that
+    started them (Linux's parent-death signal is per thread).
+    """
+    key = job.model_dump_json()
+    future: Future = Future()
+    done = threading.Event()
+
+    def start() -> None:
+        try:
+            future.set_result(LabelerPool(job))
+        except BaseException as e:  # handed to whoever takes the pool
+            future.set_exception(e)
+        done.wait()
+
+    thread = threading.Thread(target=start, name="fastsam-pool-start", daemon=True)
+    with _ahead_lock:
+        _ahead[key] = future
+    thread.start()
+    try:
+        yield
+    finally:
+        with _ahead_lock:
+            untaken = _ahead.pop(key, None)
+        if untaken is not None:
+            with contextlib.suppress(BaseException):  # a start error nobody asked for is nobody's concern
+                untaken.result().close()
+        done.set()
+        thread.join()
+
+
+def pool_for(job: Job) -> LabelerPool:
+    """The pool started ahead for this job (`started_ahead`), else a new one; the caller closes it.
+
+    Raises:
+        cluster.ClusterError: the cluster cannot be reached or started.
+    """
+    with _ahead_lock:
+        future = _ahead.pop(job.model_dump_json(), None)
+    return future.result() if future is not None else LabelerPool(job)

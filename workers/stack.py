@@ -20,7 +20,7 @@ from fastsam_core.embedders import Embedder
 from fastsam_core.prompts import with_labels
 from fastsam_core.scoring import score_images
 from schemas.job import ClipSpec, Job, ModelSpec, SelectionSpec, StorageSpec
-from workers.weights import resolve_weights
+from workers.weights import cache_dir, resolve_weights
 
 
 def machine_cpus() -> int:
@@ -138,7 +138,11 @@ def build_stack(
     ckpt = TINY_CHECKPOINT
     if model.checkpoint:
         ckpt = resolve_weights(model.checkpoint, model.sha256, model.allow_unpinned, storage)
-    net = FastSAMModel.load(ckpt, model.sha256, model.allow_unpinned, device=model.device, half=model.half)
+    threads = max(1, math.ceil(cpus if cpus is not None else machine_cpus()))
+    half = model.half if model.runtime == "torch" else False
+    net = FastSAMModel.load(ckpt, model.sha256, model.allow_unpinned, device=model.device, half=half)
+    if model.runtime == "onnxruntime":
+        net = net.use_onnxruntime(cache_dir() / "onnx", threads)
     params = EverythingParams(
         imgsz=model.imgsz or net.default_imgsz,
         conf=model.conf,
@@ -155,7 +159,7 @@ def build_stack(
         selection=selection or SelectionSpec(),
         min_area=clip.min_area,
         max_masks=clip.max_masks,
-        threads=max(1, math.ceil(cpus if cpus is not None else machine_cpus())),
+        threads=threads,
     )
 
 
