@@ -39,7 +39,7 @@ def test_two_actors_write_the_same_tables_as_one_labeler(s3_endpoint, source):
     assert len({r.worker for r in results.values()}) == 2  # both actors took shards
     assert sum(r.objects for r in results.values()) == len(keys)
 
-    direct_job = make_job(s3_endpoint, bucket, "direct", shard_size=3)
+    direct_job = make_job(s3_endpoint, bucket, "direct", shard_size=3, cpus_per_actor=1)  # the same torch threads
     plan(direct_job, "r")
     labeler = Labeler(direct_job)
     for i in range(n):
