@@ -122,9 +122,13 @@ class ClipEmbedder:
         return self.model.encode_image(x, normalize=True).float().cpu().numpy()
 
     def _inputs(self, crops: Iterator[np.ndarray]) -> Iterator[torch.Tensor]:
-        """(n, 3, S, S) float32 model inputs, `chunk_size` crops at a time, equal to open_clip's preprocess."""
-        while chunk := list(itertools.islice(crops, self.chunk_size)):
-            yield self.prepare(chunk)
+        """(n, 3, S, S) float32 model inputs, `chunk_size` crops at a time, equal to open_clip's preprocess.
+
+        Each crop is preprocessed as it arrives, so one full-resolution crop is held at a time (a
+        mask of a 24 MP photo crops to up to 72 MB; its model input is 0.6 MB).
+        """
+        while chunk := [self.preprocess(Image.fromarray(c)) for c in itertools.islice(crops, self.chunk_size)]:
+            yield torch.stack(chunk)
 
     def prepare(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         """(n, 3, S, S) float32: open_clip's preprocess of each crop (about 3 ms a crop on a CPU core)."""

@@ -142,7 +142,7 @@ class Segmenter:
             logits = (coeffs[s : s + chunk] @ proto.view(c, -1)).view(-1, mh, mw)
             if retina and f > 1:
                 logits = F.interpolate(logits[None], scale_factor=f, mode="bilinear")[0]
-            windows, origins = [], []
+            windows, origins, held = [], [], 0
             for k in range(len(logits)):
                 i = s + k
                 x0, y0, x1, y1 = _box_window(boxes_host[i], h, w)
@@ -160,6 +160,10 @@ class Segmenter:
                 windows.append(binary)
                 origins.append((y0, x0))
                 stab.append(stability)
+                held += binary.numel()
+                if held >= 4 * self.params.chunk_pixels:  # large masks of a large image: RLE them now
+                    counts.extend(rle_utils.window_counts(windows, origins, (h, w)))
+                    windows, origins, held = [], [], 0
             counts.extend(rle_utils.window_counts(windows, origins, (h, w)))
         if not counts:
             return MaskBatch.empty((h, w))

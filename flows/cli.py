@@ -164,6 +164,7 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
     if planned is not None:  # a resume: refuse another job now, not after Prefect and Ray have started
         runs.check_same_job(planned, fingerprint(spec, checked.hashes))
     print(f"run {layout.run_id}: labelling {job.source.uri} -> {spec.output} (resume with --run-id {layout.run_id})")
+    from flows.prefect_server import temporary_server
     from workers.pool import started_ahead
 
     if threading.current_thread() is threading.main_thread():
@@ -171,7 +172,8 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         ahead = contextlib.nullcontext() if runs.is_committed(output, layout) else started_ahead(spec)
-        with ahead, _progress(output, layout):
+        # The actors load their models while Prefect's server starts; the flow starts when it answers.
+        with ahead, temporary_server(), _progress(output, layout):
             summary = label_collection(job=job.model_dump(mode="json"), run_id=layout.run_id, incremental=incremental)
     except RunFailedError as e:
         print(json.dumps(e.summary.model_dump(mode="json"), indent=2))
@@ -441,6 +443,7 @@ EXIT_CODES = {
 
 def exit_code_of(e: BaseException) -> int | None:
     """The exit code for an error the CLI explains in one line; None for a bug (shown with its traceback)."""
+    from flows.prefect_server import PrefectServerError
     from workers.cluster import ClusterError
     from workers.committed import NothingSelectedError, RunNotCommittedError
     from workers.export import DestinationNotEmptyError
@@ -458,7 +461,7 @@ def exit_code_of(e: BaseException) -> int | None:
         return EXIT_CODES["nothing"]
     if isinstance(e, ObjectNotFoundError | ValueError):  # JobError, CheckpointError, PromptTableError, ...
         return EXIT_CODES["invalid"]
-    if isinstance(e, StoreError | ClusterError | PoolError):
+    if isinstance(e, StoreError | ClusterError | PoolError | PrefectServerError):
         return EXIT_CODES["unreachable"]
     return None
 

@@ -27,7 +27,8 @@ class EverythingParams:
         retina: masks from the prototypes at the original resolution (True) or at the model's input
             resolution, then resized to the original (False, coarser and cheaper).
         stability_offset: logit offset for the stability score, > 0.
-        chunk_pixels: bound on the float pixels held at once while decoding masks (memory knob), >= 1.
+        chunk_pixels: bound on the float pixels held at once while decoding masks, and (times 4) on the
+            mask-window pixels held before they become RLE (memory knob), >= 1.
     """
 
     imgsz: int = 1024

@@ -27,6 +27,7 @@ number of crops.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -103,11 +104,13 @@ def _label(proc, root_pid: int) -> str:
 class TreeSampler:
     """Peak RSS per process (labelled by role) of a process and its descendants, sampled every `every` s."""
 
-    def __init__(self, pid: int, every: float = 0.2):
+    def __init__(self, pid: int, every: float = 0.2, kill_above_mb: int | None = None):
         import psutil
 
         self.root = psutil.Process(pid)
         self.every = every
+        self.kill_above = kill_above_mb * 2**20 if kill_above_mb else None
+        self.killed = False
         self.peak: dict[str, int] = {}
         self.peak_total = 0
         self._stop = threading.Event()
@@ -130,6 +133,12 @@ class TreeSampler:
                 label = _label(p, self.root.pid)
                 self.peak[label] = max(self.peak.get(label, 0), rss)
             self.peak_total = max(self.peak_total, total)
+            if self.kill_above and total > self.kill_above:  # before the machine runs out of memory
+                self.killed = True
+                for p in procs:
+                    with contextlib.suppress(Exception):
+                        p.kill()
+                return
             self._stop.wait(self.every)
 
     def stop(self) -> dict:
@@ -138,17 +147,20 @@ class TreeSampler:
         return {
             "peak_rss_mb": {k: round(v / 2**20) for k, v in sorted(self.peak.items())},
             "peak_tree_mb": round(self.peak_total / 2**20),
+            "killed_over_mb": round(self.kill_above / 2**20) if self.killed else None,
         }
 
 
-def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[float, str, dict]:
-    """Run a command; (wall seconds, stdout, peak RSS by process)."""
+def run_sampled(cmd: list[str], env: dict | None = None, kill_above_mb: int | None = None) -> tuple[float, str, dict]:
+    """Run a command; (wall seconds, stdout, peak RSS by process). Killed when its tree passes `kill_above_mb`."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    sampler = TreeSampler(proc.pid)
+    sampler = TreeSampler(proc.pid, kill_above_mb=kill_above_mb)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     mem = sampler.stop()
+    if mem["killed_over_mb"]:
+        return wall, json.dumps({"images": 0, "masks": 0, "forward_s": 0.0, "clip_s": 0.0, "crops": 0}), mem
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} exited {proc.returncode}:\n{err[-3000:]}")
     return wall, out, mem
@@ -283,10 +295,8 @@ def run_pipeline(job: dict, run_id: str, work: Path, env: dict, client) -> dict:
     path = work / f"{run_id}.json"
     path.write_text(json.dumps(job))
     cli = str(Path(sys.executable).parent / "fastsam-label")
-    wall, _, mem = run_sampled([cli, "run", str(path), "--run-id", run_id], env)
-    out = job["output"].removeprefix("s3://bench/")
-    manifest = json.loads(client.get_object(Bucket="bench", Key=f"{out}/runs/{run_id}/manifest.json")["Body"].read())
-    s = manifest["summary"]
+    wall, stdout, mem = run_sampled([cli, "run", str(path), "--run-id", run_id], env)
+    s = json.JSONDecoder().raw_decode(stdout[stdout.index("\n{") + 1 :])[0]  # the summary the CLI prints
     return {
         "wall_s": wall, "images": s["counts"]["labelled"], "masks": s["counts"]["masks"],
         "stage_s": s["stage_seconds"], "flow_s": s["seconds"], **mem,
@@ -322,9 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     ap.add_argument("--big", action=argparse.BooleanOptionalAction, default=True,
                     help="also label one 6000x4000 image with up to 300 masks on both sides (peak RSS)")  # fmt: skip
+    ap.add_argument("--naive-memory-cap-mb", type=int, default=16_000,
+                    help="stop the naive loop on the large image past this RSS (it needs ~22 GB)")  # fmt: skip
     ap.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure per-shard orchestration cost and 1 against 2 actors")  # fmt: skip
     args = ap.parse_args(argv)
+
+    import logging
 
     import boto3
     import open_clip
@@ -350,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.save(open_clip.create_model(CLIP_ARCH, pretrained=None).state_dict(), clip_path)
     clip = (clip_path, sha256_file(clip_path))
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     endpoint = "http://{}:{}".format(*server.get_host_and_port())
@@ -391,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
                     got = run_pipeline(job, run_id, work, env, client)
                 results["variants"].setdefault(key, []).append(got)
                 print(f"round {r + 1} {key}: {got['wall_s']:.1f} s", flush=True)
+                save(results, args.json)
     # forward passes alone and the one-image start-up, once per runtime
     for rt in runtimes:
         crops = 0
@@ -414,9 +430,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.overhead:
         results["overhead"] = overhead(endpoint, work, env, client)
     server.stop()
+    save(results, args.json)
     report(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+
+
+def save(results: dict, path: Path | None) -> None:
+    """Write what is measured so far (a long run that fails late keeps its numbers)."""
+    if path is not None:
+        path.write_text(json.dumps(results, indent=1))
 
 
 def big_image(endpoint: str, work: Path, env: dict, client, ckpt: Path, sha: str, args, common: list) -> dict:
@@ -442,7 +463,7 @@ def big_image(endpoint: str, work: Path, env: dict, client, ckpt: Path, sha: str
         str(work / "big.jsonl"),
     ]
     cmd += [*common[:-2], "--max-det", "300"]
-    wall, out, mem = run_sampled(cmd, env)
+    wall, out, mem = run_sampled(cmd, env, kill_above_mb=args.naive_memory_cap_mb)
     got = {"naive": json.loads(out.strip().splitlines()[-1]) | {"wall_s": wall, **mem}}
     job = pipeline_job(endpoint, "big", "out-big", ckpt, sha, big, "torch", None)
     got["pipeline torch"] = run_pipeline(job, "bench-big", work, env, client)

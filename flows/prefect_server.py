@@ -1,0 +1,112 @@
+"""Prefect's temporary API server for one CLI run, started without importing the server here.
+
+Without `PREFECT_API_URL`, Prefect starts the same server (uvicorn running
+`prefect.server.api.server:create_app` on 127.0.0.1) at a flow's first API call, but to do so it
+imports the whole server stack into the calling process first: about 3 s of CPU before the
+server process even starts. Started here, the process comes up while the CLI checks the job and
+Ray starts, and the CLI never imports the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+
+class PrefectServerError(RuntimeError):
+    """The temporary Prefect server did not come up."""
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def temporary_server(timeout_s: float = 60.0) -> Iterator[str | None]:
+    """A Prefect API server on 127.0.0.1 for the block, when none is configured; yields its API URL.
+
+    The server process starts at once; the URL is yielded after it answers /api/health, with
+    `PREFECT_API_URL` set to it for the block. With an API already configured (`PREFECT_API_URL`,
+    or ephemeral servers disabled) nothing starts and None is yielded.
+
+    Raises:
+        PrefectServerError: the server exited or did not answer within `timeout_s`.
+    """
+    import prefect
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield None
+        return
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+        **get_current_settings().to_environment_variables(exclude_unset=True),
+    }
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+           "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "error", "--lifespan", "on"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(proc, url, timeout_s)
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                _drain_prefect()  # what the run sent to the server gets there while the server is up
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _drain_prefect(timeout_s: float = 10.0) -> None:
+    """Send Prefect's queued events and logs now (else its exit hooks retry a stopped server for a minute)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            service.drain_all(timeout=timeout_s, at_exit=False)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PrefectServerError(
+                f"the temporary Prefect server exited with code {proc.returncode}; run with --debug, or set "
+                "PREFECT_API_URL to a Prefect server of your own"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise PrefectServerError(
+        f"the temporary Prefect server did not answer within {timeout_s:.0f} s; set PREFECT_API_URL to a Prefect "
+        "server of your own"
+    )
