@@ -28,26 +28,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     h, w = (int(v) for v in args.size.split("x"))
 
-    import logging
-
-    import boto3
-    from moto.server import ThreadedMotoServer
     from PIL import Image
 
     from fastsam_core.testing.synthetic import make_scene
     from schemas import RunLayout, parse_job
+    from tests.servers import loopback_s3
     from workers.labeler import Labeler
     from workers.shards import list_source, write_shard_list
     from workers.store import open_store
 
     fake = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(fake)  # the loopback endpoint accepts any credentials
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://{}:{}".format(*server.get_host_and_port())
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="bench")
+    server, endpoint, client = loopback_s3("bench")
     for i in range(args.images):
         img, _ = make_scene(np.random.default_rng(i), h, w, n_shapes=(4, 8))
         buf = io.BytesIO()

@@ -338,15 +338,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="also measure per-shard orchestration cost and 1 against 2 actors")  # fmt: skip
     args = ap.parse_args(argv)
 
-    import logging
-
-    import boto3
     import open_clip
     import torch
-    from moto.server import ThreadedMotoServer
 
     from fastsam_core.checkpoints import sha256_file
     from tests.helpers import make_random_checkpoint
+    from tests.servers import loopback_s3
 
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     env = {
@@ -364,12 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.save(open_clip.create_model(CLIP_ARCH, pretrained=None).state_dict(), clip_path)
     clip = (clip_path, sha256_file(clip_path))
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://{}:{}".format(*server.get_host_and_port())
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="bench")
+    server, endpoint, client = loopback_s3("bench")
     sets = {"all": args.images, "prompted": args.prompt_images, "one": 1}
     dirs = {}
     for name, n in sets.items():

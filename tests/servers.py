@@ -63,3 +63,22 @@ def prefect_server(home: Path) -> Iterator[tuple[str, dict]]:
             yield url, {**env, "PREFECT_API_URL": url}
         finally:
             stop(proc)
+
+
+def loopback_s3(bucket: str):
+    """A moto S3 endpoint on 127.0.0.1 holding one empty bucket: (server, endpoint URL, boto3 client).
+
+    Any credentials are accepted; call `server.stop()` when done.
+    """
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = "http://{}:{}".format(*server.get_host_and_port())
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket=bucket)
+    return server, endpoint, client
