@@ -130,10 +130,6 @@ class ClipEmbedder:
         while chunk := [self.preprocess(Image.fromarray(c)) for c in itertools.islice(crops, self.chunk_size)]:
             yield torch.stack(chunk)
 
-    def prepare(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
-        """(n, 3, S, S) float32: open_clip's preprocess of each crop (about 3 ms a crop on a CPU core)."""
-        return torch.stack([self.preprocess(Image.fromarray(c)) for c in crops])
-
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """See `Embedder.embed_texts`; computed once per distinct prompt list."""

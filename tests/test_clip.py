@@ -82,8 +82,9 @@ def test_pipelined_embedding_equals_one_forward_per_chunk(clip_weights):
             yield c
 
     ours = emb.embed_images(lazily())
+    inputs = torch.stack([emb.preprocess(Image.fromarray(c)) for c in crops])
     with torch.inference_mode():
-        ref = [emb.model.encode_image(emb.prepare(crops[s : s + 2]), normalize=True) for s in range(0, len(crops), 2)]
+        ref = [emb.model.encode_image(inputs[s : s + 2], normalize=True) for s in range(0, len(crops), 2)]
     assert len(pulled) == len(crops)
     assert np.array_equal(ours, torch.cat(ref).numpy())
     assert emb.embed_images(iter(())).shape == (0, emb.model.visual.output_dim)
