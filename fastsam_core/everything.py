@@ -2,7 +2,10 @@
 
 The steps and their numerics follow ultralytics' FastSAM predictor (letterbox, one forward pass,
 NMS, masks = sigmoid(coefficients x prototypes) cropped to the box, dropped when empty), so the
-two agree mask for mask. What differs is memory and time: ultralytics upsamples every mask to the
+two agree mask for mask. NMS is `fastsam_core.nms`: ultralytics' detections, without its time
+limit (which silently empties the last images of a slow batch) and its all-pairs cost.
+
+What differs otherwise is memory and time: ultralytics upsamples every mask to the
 whole image (N x H x W) before cropping; here each mask is evaluated only inside its box, a chunk
 of masks at a time, and becomes RLE before the next chunk starts.
 
@@ -19,11 +22,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision  # noqa: F401 - ultralytics' NMS uses torchvision's kernel only when it is already imported
 
 from fastsam_core import rle as rle_utils
 from fastsam_core.batch import MaskBatch
 from fastsam_core.model import FastSAMModel
+from fastsam_core.nms import non_max_suppression
 from fastsam_core.resample import axis_taps, resize_window
 from schemas.params import EverythingParams
 
@@ -94,7 +97,6 @@ class Segmenter:
             B MaskBatches, masks sorted by score (mask_ids 0..N-1 in that order).
         """
         from ultralytics.utils import ops
-        from ultralytics.utils.nms import non_max_suppression
 
         if not images:
             return []
