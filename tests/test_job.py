@@ -139,3 +139,32 @@ def test_a_job_accepts_exactly_the_everything_params_a_segmenter_runs_with(field
     runs = accepts(lambda: EverythingParams(**{field: value}), ValueError)
     valid = accepts(lambda: parse_job({**BASE, "model": {field: value}}), JobError)
     assert (runs, valid) == (ok, ok)
+
+
+@pytest.mark.parametrize(
+    "model, runtime",
+    [
+        ({}, "onnxruntime"),  # auto on the CPU: ONNX Runtime's forward is the faster one there
+        ({"device": "cpu", "half": False}, "onnxruntime"),
+        ({"device": "cuda"}, "torch"),
+        ({"device": "cuda:1", "half": True}, "torch"),
+        ({"half": True}, "torch"),  # float16 is torch's
+        ({"runtime": "torch"}, "torch"),
+        ({"runtime": "onnxruntime", "device": "cuda"}, "onnxruntime"),
+    ],
+)
+def test_the_runtime_auto_resolves_by_device(model, runtime):
+    from workers.stack import resolve_runtime
+
+    job = parse_job({**BASE, "model": model}, environ={})
+    assert job.model.runtime == model.get("runtime", "auto")
+    assert resolve_runtime(job.model) == runtime
+
+
+def test_a_default_job_runs_onnxruntime_on_the_cpu(tmp_path, monkeypatch):
+    from workers.stack import stack_for
+
+    monkeypatch.setenv("FASTSAM_LABEL_CACHE", str(tmp_path))
+    stack = stack_for(parse_job(BASE, environ={}))
+    assert stack.segmenter.model.runtime == "onnxruntime"
+    assert [p.parent.name for p in tmp_path.glob("**/*.onnx")] == ["onnx"]  # exported into the weights cache

@@ -17,6 +17,7 @@ import numpy as np
 
 from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, MaskBatch, Segmenter
 from fastsam_core.embedders import Embedder
+from fastsam_core.model import pick_device
 from fastsam_core.prompts import with_labels
 from fastsam_core.scoring import score_images
 from schemas.job import ClipSpec, Job, ModelSpec, SelectionSpec, StorageSpec
@@ -139,9 +140,10 @@ def build_stack(
     if model.checkpoint:
         ckpt = resolve_weights(model.checkpoint, model.sha256, model.allow_unpinned, storage)
     threads = max(1, math.ceil(cpus if cpus is not None else machine_cpus()))
-    half = model.half if model.runtime == "torch" else False
+    runtime = resolve_runtime(model)
+    half = model.half if runtime == "torch" else False
     net = FastSAMModel.load(ckpt, model.sha256, model.allow_unpinned, device=model.device, half=half)
-    if model.runtime == "onnxruntime":
+    if runtime == "onnxruntime":
         net = net.use_onnxruntime(cache_dir() / "onnx", threads)
     params = EverythingParams(
         imgsz=model.imgsz or net.default_imgsz,
@@ -161,6 +163,17 @@ def build_stack(
         max_masks=clip.max_masks,
         threads=threads,
     )
+
+
+def resolve_runtime(model: ModelSpec) -> str:
+    """What runs the network on this machine: "torch" or "onnxruntime".
+
+    `model.runtime`, with "auto" made "onnxruntime" on the CPU and "torch" on CUDA or when
+    `model.half` asks for float16.
+    """
+    if model.runtime != "auto":
+        return model.runtime
+    return "torch" if model.half or pick_device(model.device).type != "cpu" else "onnxruntime"
 
 
 def stack_for(job: Job) -> ModelStack:
