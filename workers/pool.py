@@ -124,6 +124,7 @@ class LabelerPool:
         self._actors = [actor_cls.remote(job_json) for _ in range(c.num_actors)]
         self._idle: queue.Queue = queue.Queue()
         self._closed = threading.Event()
+        self._shutdown_elsewhere = False  # set by `started_ahead`, whose thread then stops Ray
         self._lock = threading.Lock()
         self.redispatched = 0  # shard attempts sent again because their actor was lost
         self.actor_info: dict = {}  # LabelerActor.ready() of the first actor that was ready
@@ -299,7 +300,8 @@ class LabelerPool:
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
-        self._exit.close()
+        if not self._shutdown_elsewhere:
+            self._exit.close()
 
     def __enter__(self) -> LabelerPool:
         return self
@@ -320,7 +322,8 @@ def started_ahead(job: Job) -> Iterator[None]:
     The CLI wraps its flow in this, so Ray and the actors' model loading overlap Prefect's server
     start. A pool nobody took is closed when the block ends; a taken one belongs to the taker.
     The starting thread lives until the block ends: Ray's local processes die with the thread that
-    started them (Linux's parent-death signal is per thread).
+    started them (Linux's parent-death signal is per thread). It also stops Ray (about 1.3 s) as
+    soon as the pool is closed, while the flow goes on to commit; the block ends after that.
     """
     key = job.model_dump_json()
     future: Future = Future()
@@ -328,10 +331,16 @@ def started_ahead(job: Job) -> Iterator[None]:
 
     def start() -> None:
         try:
-            future.set_result(LabelerPool(job))
+            pool = LabelerPool(job)
         except BaseException as e:  # handed to whoever takes the pool
             future.set_exception(e)
-        done.wait()
+            done.wait()
+            return
+        pool._shutdown_elsewhere = True
+        future.set_result(pool)
+        while not pool._closed.wait(0.05) and not done.is_set():
+            pass
+        pool._exit.close()
 
     thread = threading.Thread(target=start, name="fastsam-pool-start", daemon=True)
     with _ahead_lock:
