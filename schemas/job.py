@@ -117,8 +117,9 @@ class ModelSpec(_Spec):
         half: float16 inference; None = on CUDA only (torch runtime only).
         runtime: what runs the network: "torch", "onnxruntime" (exported from the verified
             checkpoint once per machine into the weights cache; CPU, CUDA or TensorRT provider), or
-            "auto": onnxruntime on the CPU (about 1.45x torch's forward speed there), torch on CUDA
-            or with `half`. Letterbox, NMS, masks, RLE and prompts are the same code on all.
+            "auto": onnxruntime on the CPU (its forward pass is about 1.4x as fast as torch's
+            there), torch on CUDA or with `half`. Letterbox, NMS, masks, RLE and prompts are the
+            same code on all.
     """
 
     checkpoint: Uri | None = None
