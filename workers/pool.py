@@ -340,7 +340,10 @@ def started_ahead(job: Job) -> Iterator[None]:
         future.set_result(pool)
         while not pool._closed.wait(0.05) and not done.is_set():
             pass
-        pool._exit.close()
+        try:
+            pool._exit.close()
+        except Exception as e:  # the run's outcome is decided; say so rather than end the thread with a trace
+            log.warning("stopping the private Ray cluster failed: %s: %s", type(e).__name__, e)
 
     thread = threading.Thread(target=start, name="fastsam-pool-start", daemon=True)
     with _ahead_lock:
