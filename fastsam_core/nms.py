@@ -72,8 +72,8 @@ def non_max_suppression(prediction: torch.Tensor, conf: float, iou: float, max_d
             continue
         x[:, :4] = xywh2xyxy(x[:, :4])
         box, cls, mask = x.split((4, nc, extra), 1)
-        score, label = cls.max(1, keepdim=True)
-        x = torch.cat((box, score, label.float(), mask), 1)[score.view(-1) > conf]
+        score, label = cls.max(1, keepdim=True)  # score = the amax above: every row is a candidate
+        x = torch.cat((box, score, label.float(), mask), 1)
         if len(x) > MAX_NMS:
             x = x[x[:, 4].argsort(descending=True)[:MAX_NMS]]
         out.append(x[greedy_keep(x[:, :4] + x[:, 5:6] * MAX_WH, x[:, 4], iou, max_det)])
