@@ -165,6 +165,7 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
         runs.check_same_job(planned, fingerprint(spec, checked.hashes))
     print(f"run {layout.run_id}: labelling {job.source.uri} -> {spec.output} (resume with --run-id {layout.run_id})")
     from flows.prefect_server import temporary_server
+    from workers import reaper
     from workers.pool import started_ahead
 
     if threading.current_thread() is threading.main_thread():
@@ -173,7 +174,8 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
     try:
         ahead = contextlib.nullcontext() if runs.is_committed(output, layout) else started_ahead(spec)
         # The actors load their models while Prefect's server starts; the flow starts when it answers.
-        with ahead, temporary_server(), _progress(output, layout):
+        # Whatever those start is stopped when this process ends, even by SIGKILL (workers.reaper).
+        with reaper.watch(), ahead, temporary_server(), _progress(output, layout):
             summary = label_collection(job=job.model_dump(mode="json"), run_id=layout.run_id, incremental=incremental)
     except RunFailedError as e:
         print(json.dumps(e.summary.model_dump(mode="json"), indent=2))
@@ -224,14 +226,16 @@ def _status(args: argparse.Namespace) -> int:
     from schemas.job import StorageSpec
     from schemas.layout import RunLayout
     from workers import runs
+    from workers.committed import CommittedRun
     from workers.lease import RunLease
     from workers.store import open_store
 
     output = open_store(args.output, StorageSpec(endpoint_url=args.endpoint_url))
     layout = RunLayout(args.run_id)
-    manifest = runs.load_manifest(output, layout) if runs.is_committed(output, layout) else None
-    if manifest is not None:
-        print(json.dumps(manifest.summary.model_dump(mode="json"), indent=2))
+    if runs.is_committed(output, layout):
+        run = CommittedRun(output, layout.run_id)  # the manifest agrees with the plan,
+        run.verify()  # and every file is the one it names (else one line, exit 2)
+        print(json.dumps(run.manifest.summary.model_dump(mode="json"), indent=2))
         return 0
     plan = runs.load_plan(output, layout)
     if plan is None:
@@ -278,17 +282,42 @@ def _export(args: argparse.Namespace) -> int:
         limit=args.limit,
     )
     options = ExportOptions(
-        args.to, args.dest, keep, args.force, args.ls_shape, args.image_root, args.image_url_template
+        args.to,
+        args.dest,
+        keep,
+        args.force,
+        args.ls_shape,
+        args.image_root,
+        args.image_url_template,
+        args.layout,
+        args.images,
+        args.label_studio_url,
+        args.project,
     )
     summary = export_run(args.output, args.run_id, options, StorageSpec(endpoint_url=args.endpoint_url))
     print(json.dumps(asdict(summary), indent=2))
     left = ", ".join(f"{n} {why}" for why, n in summary.left_out.items())
+    where = " and ".join(
+        w
+        for w in (
+            summary.dest,
+            summary.label_studio and f"Label Studio project {summary.label_studio['url']}",
+        )
+        if w
+    )
     print(
         f"exported run {args.run_id} as {args.to}: {summary.images} images, {summary.annotations} masks"
         + (f" (left out: {left})" if left else "")
-        + f" -> {summary.dest}",
+        + f" -> {where}",
         file=sys.stderr,
     )
+    if summary.refused:
+        first = summary.refused[0]
+        print(
+            f"warning: objects left out for their key or format (counted in left_out, named in refused), first "
+            f"{first['key']}: {first['why']}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -296,16 +325,12 @@ def _report(args: argparse.Namespace) -> int:
     from schemas.job import StorageSpec
     from workers import report
     from workers.committed import CommittedRun
-    from workers.shards import read_parquet
     from workers.store import open_store
 
-    run = CommittedRun(open_store(args.output, StorageSpec(endpoint_url=args.endpoint_url)), args.run_id)
-    storage = StorageSpec(
-        **{**run.manifest.job.get("storage", {}), **({"endpoint_url": args.endpoint_url} if args.endpoint_url else {})}
-    )
-    source = open_store(run.manifest.job["source"]["uri"], storage)
-    images = [read_parquet(run.output, run.layout.table("images", s.shard_id), "images") for s in run.manifest.shards]
-    page = report.build(run.output, source, run.layout, run.manifest, images)
+    storage = StorageSpec(endpoint_url=args.endpoint_url)
+    run = CommittedRun(open_store(args.output, storage), args.run_id)
+    images = [run.table("images", s) for s in run.manifest.shards]
+    page = report.build(run.output, run.source(storage), run.layout, run.manifest, images)
     run.output.put(run.layout.report, page.encode())
     print(run.output.uri_of(run.layout.report))
     return 0
@@ -386,14 +411,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", required=True, help="the job's output the run is under (s3://bucket/prefix or a folder)"
     )
     ex.add_argument("--to", required=True, choices=["coco", "label-studio", "yolo"], help="the format")
-    ex.add_argument("--dest", required=True, help="folder or s3:// prefix to write to (empty, unless --force)")
+    ex.add_argument(
+        "--dest", help="folder or s3:// prefix to write to (empty, unless --force); optional with --label-studio-url"
+    )
     ex.add_argument("--min-score", type=float, help="keep masks with a detector score at least this")
     ex.add_argument("--min-stability", type=float, help="keep masks with a stability at least this")
     ex.add_argument("--min-area", type=int, help="keep masks of at least this many pixels")
     ex.add_argument("--labelled-only", action="store_true", help="keep only masks with a label")
     ex.add_argument("--prompt", action="append", default=[], help="keep masks labelled with this prompt; repeatable")
     ex.add_argument("--limit", type=int, help="only the first N labelled images (a trial import)")
-    ex.add_argument("--force", action="store_true", help="write into a destination that is not empty")
+    ex.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a destination that is not empty: replaces the files an earlier export of this format wrote "
+        "there, never others",
+    )
+    ex.add_argument(
+        "--layout", default="default", choices=["default", "cvat"], help="COCO: annotations.json, or CVAT's folders"
+    )
+    ex.add_argument(
+        "--images",
+        default="copy",
+        choices=["copy", "link", "none"],
+        help="YOLO and --layout cvat: copy the images in (default), link them (local folders), or leave them out",
+    )
+    ex.add_argument("--label-studio-url", help="Label Studio: create --project on this server and import the tasks")
+    ex.add_argument("--project", help="Label Studio: the project title (with --label-studio-url)")
     ex.add_argument("--ls-shape", default="brush", choices=["brush", "polygon", "both"], help="Label Studio shapes")
     ex.add_argument("--image-root", help="Label Studio: document root of local files (default: the source folder)")
     ex.add_argument("--image-url-template", help="Label Studio: image URL template with {key}, {uri}, {path}")
@@ -447,6 +490,7 @@ def exit_code_of(e: BaseException) -> int | None:
     from workers.cluster import ClusterError
     from workers.committed import NothingSelectedError, RunNotCommittedError
     from workers.export import DestinationNotEmptyError
+    from workers.export.labelstudio_api import LabelStudioError, LabelStudioProjectExistsError
     from workers.lease import RunBusyError
     from workers.pool import PoolError
     from workers.store import ObjectNotFoundError, StoreError
@@ -455,13 +499,13 @@ def exit_code_of(e: BaseException) -> int | None:
         return EXIT_CODES["busy"]
     if isinstance(e, RunNotCommittedError):
         return EXIT_CODES["not_committed"]
-    if isinstance(e, DestinationNotEmptyError):
+    if isinstance(e, DestinationNotEmptyError | LabelStudioProjectExistsError):
         return EXIT_CODES["not_empty"]
     if isinstance(e, NothingSelectedError):
         return EXIT_CODES["nothing"]
     if isinstance(e, ObjectNotFoundError | ValueError):  # JobError, CheckpointError, PromptTableError, ...
         return EXIT_CODES["invalid"]
-    if isinstance(e, StoreError | ClusterError | PoolError | PrefectServerError):
+    if isinstance(e, StoreError | ClusterError | PoolError | PrefectServerError | LabelStudioError):
         return EXIT_CODES["unreachable"]
     return None
 

@@ -1,7 +1,8 @@
 """The Prefect flow `export_run`: a committed run as COCO, Label Studio or YOLO files, for deployments.
 
-The same as `fastsam-label export`. It is not retried: a failed export leaves a destination that
-is not empty, and running it again with `force` replaces the export's files.
+The same as `fastsam-label export` (without the Label Studio server import, which needs a token).
+It is not retried: a failed export leaves a destination that is not empty, and running it again
+with `force` replaces the export's files.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def export_run(
     image_root: str | None = None,
     image_url_template: str | None = None,
     storage: dict | None = None,
+    layout: str = "default",
+    images: str = "copy",
 ) -> dict:
     """Export a committed run; returns the export summary (ExportSummary as a dict).
 
@@ -42,9 +45,11 @@ def export_run(
         image_root: Label Studio: document root of local files.
         image_url_template: Label Studio: image URL template.
         storage: StorageSpec fields (endpoint_url, region, ...).
+        layout: COCO: "default" or "cvat".
+        images: YOLO and COCO "cvat": "copy", "link" or "none".
     """
     keep = MaskFilter(**{k: (tuple(v) if k == "prompts" else v) for k, v in (filters or {}).items()})
-    options = ExportOptions(to, dest, keep, force, ls_shape, image_root, image_url_template)
+    options = ExportOptions(to, dest, keep, force, ls_shape, image_root, image_url_template, layout, images)
     summary = export(output, run_id, options, StorageSpec(**(storage or {})))
     print(f"exported run {run_id} as {to}: {summary.images} images, {summary.annotations} masks -> {summary.dest}")
     return asdict(summary)

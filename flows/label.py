@@ -144,6 +144,8 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
     output = open_store(spec.output, spec.storage)
     with RunLease(output, layout) as lease:
         plan = plan_task(spec, layout.run_id, fingerprint(spec, checked.hashes), incremental)
+        if (unlisted := plan.list_errors.warning(spec.source.uri)) is not None:
+            log.warning(unlisted)
         if runs.is_committed(output, layout):
             summary = runs.load_manifest(output, layout).summary.model_copy(update={"labelled_now": 0})
             print(summary.one_line())

@@ -10,6 +10,7 @@ Ray starts, and the CLI never imports the server.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class PrefectServerError(RuntimeError):
@@ -41,18 +43,35 @@ def temporary_server(timeout_s: float = 60.0) -> Iterator[str | None]:
     Raises:
         PrefectServerError: the server exited or did not answer within `timeout_s`.
     """
-    import prefect
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_SERVER_EPHEMERAL_ENABLED,
-        get_current_settings,
-        temporary_settings,
-    )
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         yield None
         return
     port = _free_port()
+    with _startup_lock():  # two servers migrating one new database at once break it (no such table ...)
+        proc = _start(port)
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            _wait_healthy(proc, url, timeout_s)
+        except BaseException:
+            _stop(proc)
+            raise
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            try:
+                yield url
+            finally:
+                _drain_prefect()  # what the run sent to the server gets there while the server is up
+    finally:
+        _stop(proc)
+
+
+def _start(port: int) -> subprocess.Popen:
+    """The server process (uvicorn with Prefect's app factory) on 127.0.0.1:`port`."""
+    import prefect
+    from prefect.settings import get_current_settings
+
     env = {
         **os.environ,
         "PREFECT_UI_ENABLED": "0",
@@ -63,22 +82,35 @@ def temporary_server(timeout_s: float = 60.0) -> Iterator[str | None]:
     cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
            "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "error", "--lifespan", "on"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/api"
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        _wait_healthy(proc, url, timeout_s)
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            try:
-                yield url
-            finally:
-                _drain_prefect()  # what the run sent to the server gets there while the server is up
-    finally:
-        proc.terminate()
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def _startup_lock() -> Iterator[None]:
+    """Hold an exclusive lock beside Prefect's database while a server starts (and creates or migrates it).
+
+    Temporary servers of concurrent runs share PREFECT_HOME's SQLite database; once it exists they
+    share it well, but two first starts racing to create its tables fail.
+    """
+    from prefect.settings import PREFECT_HOME
+
+    home = Path(PREFECT_HOME.value()).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".fastsam-label-server-start.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _drain_prefect(timeout_s: float = 10.0) -> None:

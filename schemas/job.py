@@ -10,7 +10,7 @@ profile, or instance roles, exactly as boto3 finds them.
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import json
 import os
 import re
@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from wcmatch import glob as wcglob
 
 from schemas.params import EverythingParams
 
@@ -31,6 +32,14 @@ ENV_PREFIX = "FASTSAM_LABEL__"
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+#: The label exports give masks that no prompt labelled. A prompt may not take this name (compared
+#: ignoring case), so the catch-all category never merges with a prompt's in COCO, Label Studio or YOLO.
+UNLABELLED = "unlabelled"
+
+#: Glob flags of `SourceSpec.include`: `*`, `?` and `[...]` stay within one folder, `**` spans any
+#: number of folders (none included), `{a,b}` alternates; case-sensitive; dot-files match like others.
+_GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.CASE | wcglob.BRACE | wcglob.DOTGLOB
 
 
 class JobError(ValueError):
@@ -79,13 +88,36 @@ class SourceSpec(_Spec):
 
     Attributes:
         uri: s3://bucket/prefix or a local folder; every object under it is considered.
-        include: glob patterns on the key relative to `uri` (e.g. "cams/**/*.jpg"); empty = all.
+        include: glob patterns on the key relative to `uri`; a key is labelled when any matches
+            (empty = all). `*`, `?` and `[abc]` match within one folder; `**` as a whole segment
+            matches any number of folders, none included; `{jpg,png}` alternates. Case-sensitive.
+            "cams/**/*.jpg" matches cams/a.jpg and cams/d1/d2/a.jpg; "cams/*.jpg" matches
+            cams/a.jpg but not cams/d1/a.jpg.
         extensions: lower-case extensions (with the dot) to label; matched case-insensitively.
     """
 
     uri: Uri
     include: tuple[str, ...] = ()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+
+    @field_validator("include")
+    @classmethod
+    def _globs(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in v:
+            if not pattern or pattern.startswith("/"):
+                raise ValueError(f"include pattern {pattern!r} must be a non-empty key pattern relative to source.uri")
+            try:
+                wcglob.translate(pattern, flags=_GLOB_FLAGS)
+            except Exception as e:  # wcmatch's errors for malformed patterns
+                raise ValueError(f"include pattern {pattern!r} is not a valid glob: {e}") from None
+        return v
+
+    @functools.cached_property
+    def _include_re(self) -> re.Pattern | None:
+        if not self.include:
+            return None
+        regexes, _ = wcglob.translate(list(self.include), flags=_GLOB_FLAGS)
+        return re.compile("|".join(f"(?:{r})" for r in regexes))
 
     @field_validator("extensions")
     @classmethod
@@ -98,7 +130,7 @@ class SourceSpec(_Spec):
         """Whether an object (key relative to `uri`) is to be labelled."""
         if not rel_key.lower().endswith(self.extensions):
             return False
-        return not self.include or any(fnmatch.fnmatchcase(rel_key, pat) for pat in self.include)
+        return self._include_re is None or self._include_re.match(rel_key) is not None
 
 
 class ModelSpec(_Spec):
@@ -252,6 +284,8 @@ class StorageSpec(_Spec):
             (AccessDenied, NoSuchBucket, bad credentials) never.
         connect_timeout_s: seconds to open a connection before the attempt counts as failed.
         read_timeout_s: seconds without a byte from the server before the attempt counts as failed.
+        object_timeout_s: seconds to read one source object whole (S3 or a local file); a read still
+            going then (a hung mount, a body trickling in) becomes a read_error row and the shard goes on.
         multipart_threshold: uploads at least this many bytes use multipart upload.
     """
 
@@ -262,6 +296,7 @@ class StorageSpec(_Spec):
     max_attempts: int = Field(8, ge=1, le=50)
     connect_timeout_s: float = Field(5.0, gt=0, le=600)
     read_timeout_s: float = Field(60.0, gt=0, le=3600)
+    object_timeout_s: float = Field(300.0, gt=0, le=86400)
     multipart_threshold: int = Field(64 * 2**20, ge=5 * 2**20)
 
 
@@ -308,18 +343,33 @@ class Job(_Spec):
         cleaned = tuple(p.strip() for p in v)
         if any(not p for p in cleaned):
             raise ValueError("prompts must not be empty strings")
-        dup = sorted({p for p in cleaned if cleaned.count(p) > 1})
+        odd = [p for p in cleaned if not p.isprintable()]
+        if odd:
+            raise ValueError(
+                f"prompt {odd[0]!r} holds control characters (tabs, line breaks, ...), which review tools cannot "
+                "show; write it on one line"
+            )
+        folded = [p.casefold() for p in cleaned]
+        dup = sorted({p for p, f in zip(cleaned, folded, strict=True) if folded.count(f) > 1})
         if dup:
-            raise ValueError(f"prompts must be distinct, but {dup} repeat; remove the duplicates")
+            raise ValueError(
+                f"prompts must be distinct ignoring case, but {dup} repeat; keep one of each (as labels they would "
+                "split one class in two)"
+            )
+        if UNLABELLED in folded:
+            raise ValueError(
+                f"{UNLABELLED!r} is the category exports give masks no prompt labelled; name the prompt differently"
+            )
         return cleaned
 
     @model_validator(mode="after")
     def _consistent(self) -> Job:
         if self.negative_prompts and not self.prompts:
             raise ValueError("negative_prompts are given without prompts; add prompts or remove negative_prompts")
-        overlap = set(self.prompts) & set(self.negative_prompts)
+        negatives = {n.casefold() for n in self.negative_prompts}
+        overlap = [p for p in self.prompts if p.casefold() in negatives]
         if overlap:
-            raise ValueError(f"{sorted(overlap)} are both prompts and negative_prompts; keep each in one list")
+            raise ValueError(f"{overlap} are both prompts and negative_prompts; keep each in one list")
         if self.prompts and self.clip.arch != "color-words" and self.clip.weights is None:
             raise ValueError(
                 f"clip.weights is required to score prompts with {self.clip.arch}: give a path or s3:// URI and "
@@ -421,6 +471,40 @@ def parse_job(data: Mapping, environ: Mapping[str, str] | None = None, origin: s
         raise job_error(f"{origin} is not valid", lines) from None
 
 
+class DuplicateKeyError(ValueError):
+    """A mapping in a job file names one key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKeyError(
+                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                    "keep one, as a repeated key would silently replace the first"
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_json(text: str) -> Any:
+    """JSON, refusing a key given twice in one object."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for k, v in pairs:
+            if k in out:
+                raise DuplicateKeyError(f"key {k!r} is given twice in one object; keep one")
+            out[k] = v
+        return out
+
+    return json.loads(text, object_pairs_hook=unique)
+
+
 def load_job(path: str | Path | None = None, environ: Mapping[str, str] | None = None, **fields: Any) -> Job:
     """Load a job from a YAML/JSON file (optional), then `fields`, then environment overrides.
 
@@ -439,7 +523,9 @@ def load_job(path: str | Path | None = None, environ: Mapping[str, str] | None =
         except OSError as e:
             raise JobError(f"cannot read {origin}: {e.strerror}; check the path") from None
         try:
-            data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+            data = _read_json(text) if p.suffix.lower() == ".json" else yaml.load(text, Loader=_UniqueKeyLoader)
+        except DuplicateKeyError as e:
+            raise JobError(f"{origin}: {e}") from None
         except (json.JSONDecodeError, yaml.YAMLError) as e:
             raise JobError(f"{origin} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
         if data is None:

@@ -115,6 +115,30 @@ class RunCounts(BaseModel):
 RunState = Literal["running", "incomplete", "failed", "committed"]
 
 
+class ListErrors(BaseModel):
+    """Parts of the source the plan could not list, so their objects are not in the run.
+
+    Attributes:
+        count: folders skipped (unreadable, or symbolic links to folders, which are not followed).
+        first: the first few, as "path: why" (paths relative to the source).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    count: int = 0
+    first: list[str] = Field(default_factory=list)
+
+    def warning(self, source: str) -> str | None:
+        """One line for people, or None when nothing was skipped."""
+        if not self.count:
+            return None
+        more = f" and {self.count - len(self.first)} more" if self.count > len(self.first) else ""
+        return (
+            f"{self.count} folder(s) under {source} could not be listed and their images are not in this run: "
+            f"{'; '.join(self.first)}{more}; fix their permissions, or point source.uri at the folder a link leads to"
+        )
+
+
 class RunSummary(BaseModel):
     """A run's state, counts and timings: the same shape for the flow, the CLI, `status` and the manifest.
 
@@ -126,6 +150,7 @@ class RunSummary(BaseModel):
         shards_planned, shards_done: shard counts.
         failed_shards: shard id -> why it failed (this attempt).
         counts: see RunCounts.
+        list_errors: parts of the source the plan could not list (see ListErrors).
         errors_by_kind: failed objects per ImageStatus.
         stage_seconds: wall seconds per stage, summed over images.
         models: sha256 of every model that labelled rows, by role.
@@ -141,6 +166,7 @@ class RunSummary(BaseModel):
     shards_done: int
     failed_shards: dict[int, str] = Field(default_factory=dict)
     counts: RunCounts
+    list_errors: ListErrors = Field(default_factory=ListErrors)
     errors_by_kind: dict[str, int] = Field(default_factory=dict)
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     models: dict[str, list[str]] = Field(default_factory=dict)
@@ -196,9 +222,10 @@ class RunSummary(BaseModel):
         """The summary as one line for people."""
         c = self.counts
         speed = f", {self.images_per_second} images/s" if self.images_per_second is not None else ""
+        unlisted = f", {self.list_errors.count} folder(s) not listed" if self.list_errors.count else ""
         return (
             f"run {self.run_id} {self.state}: {c.objects} objects, {c.labelled} labelled, {c.failed} failed, "
-            f"{c.masks} masks{speed} -> {self.output}"
+            f"{c.masks} masks{unlisted}{speed} -> {self.output}"
         )
 
 

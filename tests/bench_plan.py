@@ -28,7 +28,7 @@ class ListingStore:
         self.n = n
         self.uri = "s3://bench-source/cams/"
 
-    def list(self, prefix: str = ""):
+    def list(self, prefix: str = "", skipped=None):
         from workers.store import ObjectInfo
 
         for i in range(self.n):

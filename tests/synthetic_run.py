@@ -16,6 +16,7 @@ import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from schemas import RunLayout, parse_job
+from schemas.fingerprint import InputHashes, fingerprint
 from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, image_id
 from workers import commit, rows, runs
 from workers.store import ObjectInfo, ObjectStore
@@ -23,15 +24,20 @@ from workers.store import ObjectInfo, ObjectStore
 SHA = "ab" * 32
 
 
+def synthetic_keys(n: int) -> list[str]:
+    """The keys of a synthetic run's source objects, in key order."""
+    return [f"cam{i % 3}/frame-{i:06d}.jpg" for i in range(n)]
+
+
 class Listing:
-    """A source listing of n synthetic JPEG keys (what S3 would list), nothing else."""
+    """A source listing of the given keys (what S3 would list), nothing else."""
 
-    def __init__(self, uri: str, n: int):
-        self.uri, self.n = uri.rstrip("/") + "/", n
+    def __init__(self, uri: str, keys: list[str]):
+        self.uri, self.keys = uri.rstrip("/") + "/", keys
 
-    def list(self, prefix: str = ""):
-        for i in range(self.n):
-            yield ObjectInfo(f"cam{i % 3}/frame-{i:06d}.jpg", 1000 + i, f"{i:032x}")
+    def list(self, prefix: str = "", skipped=None):
+        for i, key in enumerate(self.keys):
+            yield ObjectInfo(key, 1000 + i, f"{i:032x}")
 
     def uri_of(self, key: str) -> str:
         return self.uri + key
@@ -58,12 +64,16 @@ def make_run(
     size: tuple[int, int] = (120, 160),
     seed: int = 0,
     source: str = "s3://synthetic/src",
+    keys: list[str] | None = None,
 ):
     """Plan, fill and commit a run; returns its job.
 
     Every 11th image is a decode error, every 7th has no mask, the first mask of image 0 has zero
-    area; about a third of the masks are unlabelled.
+    area; about a third of the masks are unlabelled. `keys` (sorted, as a listing is) replaces the
+    synthetic keys; then n_images is their number.
     """
+    keys = sorted(keys) if keys is not None else synthetic_keys(n_images)
+    n_images = len(keys)
     job = parse_job(
         {
             "source": {"uri": source},
@@ -75,7 +85,7 @@ def make_run(
         environ={},
     )
     layout = RunLayout(run_id)
-    plan = runs.plan_run(job, Listing(source, n_images), output, layout, {"synthetic": True})
+    plan = runs.plan_run(job, Listing(source, keys), output, layout, fingerprint(job, InputHashes(model=SHA)))
     rng = np.random.default_rng(seed)
     h, w = size
     k = len(prompts)
@@ -83,7 +93,7 @@ def make_run(
         lo, hi = shard * shard_size, min((shard + 1) * shard_size, n_images)
         img_rows, mask_cols = [], {name: [] for name in MASKS_SCHEMA.names}
         for i in range(lo, hi):
-            uri = f"{source.rstrip('/')}/cam{i % 3}/frame-{i:06d}.jpg"
+            uri = f"{source.rstrip('/')}/{keys[i]}"
             errored = i % 11 == 10
             n = 0 if errored or i % 7 == 6 else masks_per_image
             dense = _masks(rng, h, w, n)
@@ -95,7 +105,7 @@ def make_run(
                     "shard_id": shard,
                     "image_id": image_id(uri),
                     "uri": uri,
-                    "key": uri.split("/src/", 1)[1],
+                    "key": keys[i],
                     "etag": f"{i:032x}",
                     "size": 1000 + i,
                     "status": "decode_error" if errored else "ok",

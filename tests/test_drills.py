@@ -92,8 +92,8 @@ def test_incremental_runs_label_a_copied_source_and_objects_without_etags(s3_end
 class NoETags(LocalStore):
     """A store whose listing carries no ETags (some S3-compatible stores, some gateways)."""
 
-    def list(self, prefix: str = ""):
-        for o in super().list(prefix):
+    def list(self, prefix: str = "", skipped=None):
+        for o in super().list(prefix, skipped):
             yield ObjectInfo(o.key, o.size, None)
 
 
@@ -235,3 +235,54 @@ def test_a_source_with_nothing_to_label_is_refused_before_anything_is_written(tm
         ".tif, .tiff, .gif); check source.uri and the filters"
     )
     assert not (tmp_path / "out/runs/empty").exists()
+
+
+def test_a_job_asking_for_gpus_the_local_cluster_lacks_fails_in_seconds(tmp_path, capsys):
+    job = _job_file(tmp_path, "gpu", _scenes(tmp_path / "src", 2), ["red"], gpus_per_actor=1)
+    t0 = time.monotonic()
+    assert main(["run", str(job)]) == 4
+    assert time.monotonic() - t0 < 30
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and re.fullmatch(
+        r"error: compute\.gpus_per_actor is 1 and compute\.cpus_per_actor \d+, but the local Ray cluster has 1 node: "
+        r"127\.0\.0\.1 with \d+ CPUs and 0 GPUs; set compute\.gpus_per_actor: 0 to label on the CPU, or run on a "
+        r"cluster with such nodes \(--ray-address\)",
+        err[0],
+    ), err
+
+
+def _owned_by(pid: int) -> tuple[list[int], list[Path]]:
+    """(processes, folders) a CLI run with this pid started, by the tag workers.reaper gives them."""
+    from workers.reaper import OWNER_ENV, OWNER_FILE
+
+    prefix = f"{OWNER_ENV}={pid}.".encode()
+    procs = []
+    for p in psutil.process_iter():
+        try:
+            env = Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(e.startswith(prefix) for e in env):
+            procs.append(p.pid)
+    folders = [f for f in Path("/tmp").glob("fsl-*") if (f / OWNER_FILE).is_file() and
+               (f / OWNER_FILE).read_text().startswith(f"{pid}.")]  # fmt: skip
+    return procs, folders
+
+
+def test_a_killed_run_leaves_no_server_process_or_token_folder_behind(tmp_path):
+    job = _job_file(tmp_path, "kill", _scenes(tmp_path / "src", 12), ["red"], shard_size=1)
+    cli = _cli(["run", str(job), "--run-id", "killed"], tmp_path / "kill.log")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list((tmp_path / "out/runs/killed/done").glob("*.json")):
+        time.sleep(0.2)  # labelling has begun: Prefect's server, Ray and an actor are all up
+    procs, folders = _owned_by(cli.pid)
+    names = {psutil.Process(p).name() for p in procs if psutil.pid_exists(p)}
+    assert len(procs) >= 4 and folders, (names, folders)  # the server, gcs, raylet, workers, agents
+    cli.kill()  # SIGKILL: no finally block of the CLI runs
+    cli.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_owned_by(cli.pid)):
+        time.sleep(0.5)
+    assert _owned_by(cli.pid) == ([], []), names
+    # The run resumes as if it had never been interrupted.
+    assert main(["run", str(job), "--run-id", "killed"]) == 0

@@ -81,12 +81,12 @@ def test_a_part_counts_once_its_run_is_committed_and_compaction_keeps_every_row(
 
 
 def test_an_output_without_an_index_is_indexed_from_its_committed_runs(tmp_path):
-    from workers.shards import parquet_bytes
+    from tests.synthetic_run import make_run
 
     out = LocalStore(tmp_path)
-    old = RunLayout("old")  # written before the index existed: tables and _SUCCESS only
-    out.put(old.table("images", 0), parquet_bytes(_images([("s3://b/a.jpg", "e1", "ok")])))
-    out.put(old.success, b"")
+    make_run(out, "old", n_images=0, masks_per_image=1, keys=["a.jpg"], source="s3://b")
+    for obj in list(out.list("index/")):  # written before the index existed: the run only
+        out.delete(obj.key)
     assert index.load(out).column("uri").to_pylist() == ["s3://b/a.jpg"]
     _commit(out, "new", [("s3://b/b.jpg", "e2", "ok")])
     assert sorted(o.key for o in out.list("index/")) == ["index/base-new.parquet", "index/part-new.parquet"]

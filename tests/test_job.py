@@ -34,6 +34,33 @@ def test_defaults_and_frozen():
         ({"source": {"uri": "gs://b/x"}}, pytest.raises(JobError, match=r"source\.uri: .*gs://.*use s3:// or a local")),
         ({"output": "s3:///nobucket"}, pytest.raises(JobError, match=r"output: .*no bucket")),
         ({"prompts": ["cat", "cat"]}, pytest.raises(JobError, match=r"prompts: .*\['cat'\] repeat")),
+        (
+            {"prompts": ["yellow", " Yellow "], "clip": {"arch": "color-words"}},
+            pytest.raises(JobError, match=r"prompts: .*distinct ignoring case.*\['Yellow', 'yellow'\] repeat"),
+        ),
+        (
+            {"prompts": ["red"], "negative_prompts": ["RED"], "clip": {"arch": "color-words"}},
+            pytest.raises(JobError, match=r"\['red'\] are both prompts and negative_prompts"),
+        ),
+        (
+            {"prompts": ["red", "Unlabelled"], "clip": {"arch": "color-words"}},
+            pytest.raises(JobError, match=r"prompts: 'unlabelled' is the category exports give.*name the prompt"),
+        ),
+        ({"prompts": ["object"], "clip": {"arch": "color-words"}}, does_not_raise()),
+        (
+            {"prompts": ["red\nblue"], "clip": {"arch": "color-words"}},
+            pytest.raises(JobError, match=r"prompts: prompt 'red\\nblue' holds control characters"),
+        ),
+        (
+            {"prompts": ["a\x07b"], "clip": {"arch": "color-words"}},
+            pytest.raises(JobError, match=r"control characters"),
+        ),
+        ({"source": {"uri": "s3://b/i", "include": ["cams/[a"]}}, does_not_raise()),
+        (
+            {"source": {"uri": "s3://b/i", "include": [""]}},
+            pytest.raises(JobError, match=r"source\.include: .*non-emp"),
+        ),
+        ({"source": {"uri": "s3://b/i", "include": ["/abs/*.jpg"]}}, pytest.raises(JobError, match=r"relative")),
         ({"prompts": ["cat"]}, pytest.raises(JobError, match=r"clip\.weights is required.*color-words")),
         ({"prompts": ["cat"], "clip": {"arch": "color-words"}}, does_not_raise()),
         ({"negative_prompts": ["x"]}, pytest.raises(JobError, match="without prompts")),
@@ -96,9 +123,57 @@ def test_load_job_file_errors(tmp_path, text, match):
         load_job(path, environ={})
 
 
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        (
+            "job.yaml",
+            "source: {uri: s3://b/in}\noutput: s3://b/o1\noutput: s3://b/o2\n",
+            r"'output' is given twice \(lines 2 and 3\)",
+        ),
+        ("job.yaml", "source:\n  uri: s3://b/in\n  uri: s3://b/x\noutput: s3://b/o\n", r"'uri' is given twice"),
+        (
+            "job.json",
+            '{"source": {"uri": "s3://b/in"}, "output": "s3://b/o", "output": "s3://b/p"}',
+            r"'output' is given twice",
+        ),
+    ],
+)
+def test_a_key_given_twice_in_a_job_file_is_refused(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(JobError, match=rf"^job file .*{name}: key {match}.*keep one"):
+        load_job(path, environ={})
+
+
 def test_missing_job_file_is_named(tmp_path):
     with pytest.raises(JobError, match=r"nope\.yaml.*check the path"):
         load_job(tmp_path / "nope.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    "pattern, key, wanted",
+    [
+        ("cams/**/*.jpg", "cams/a.jpg", True),  # ** spans no folder too
+        ("cams/**/*.jpg", "cams/d1/d2/a.jpg", True),
+        ("cams/**/*.jpg", "other/cams/a.jpg", False),
+        ("cams/*.jpg", "cams/a.jpg", True),
+        ("cams/*.jpg", "cams/d1/a.jpg", False),  # * stays within one folder
+        ("**/*.jpg", "a.jpg", True),
+        ("**/*.jpg", "x/y/a.jpg", True),
+        ("*.jpg", "x/a.jpg", False),
+        ("*.jpg", ".hidden.jpg", True),  # dot-files are ordinary keys in a bucket
+        ("cams/a?.jpg", "cams/ab.jpg", True),
+        ("cams/a?.jpg", "cams/a/.jpg", False),
+        ("cams/[ab].jpg", "cams/b.jpg", True),
+        ("cams/*.{jpg,png}", "cams/x.png", True),
+        ("cams/**", "cams/x/y/z.jpg", True),
+        ("cams/*.jpg", "Cams/a.jpg", False),  # case-sensitive, as S3 keys are
+    ],
+)
+def test_include_has_glob_semantics(pattern, key, wanted):
+    job = parse_job({**BASE, "source": {"uri": "s3://b/i", "include": [pattern]}}, environ={})
+    assert job.source.wants(key) is wanted
 
 
 def test_source_filter():

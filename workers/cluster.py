@@ -19,9 +19,10 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 import threading
 from collections.abc import Iterator
+
+from workers import reaper
 
 #: Ray's environment variables for authentication.
 _AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -42,20 +43,21 @@ def address_for(ray_address: str | None) -> str | None:
 
 
 @contextlib.contextmanager
-def connect(address: str | None) -> Iterator[None]:
+def connect(address: str | None) -> Iterator[bool]:
     """Ray for the duration of the block: the cluster at `address`, or a private local one when None.
 
-    When Ray is already initialised in this process (a caller's own cluster), it is used as it is
-    and left running.
+    Yields whether the cluster is a private one this call started (its nodes are all it will ever
+    have). When Ray is already initialised in this process (a caller's own cluster), it is used as
+    it is and left running.
     """
     import ray
 
     if ray.is_initialized():
-        yield
+        yield False
         return
     if address is None:
         with private_cluster():
-            yield
+            yield True
         return
     try:
         ray.init(address=address, logging_level=logging.WARNING)
@@ -65,9 +67,26 @@ def connect(address: str | None) -> Iterator[None]:
             "compute.ray_address (or RAY_ADDRESS), that the cluster is up, and its auth token"
         ) from None
     try:
-        yield
+        yield False
     finally:
         ray.shutdown()
+
+
+def unfit(cpus: float, gpus: float) -> str | None:
+    """None when some live node of the cluster has `cpus` CPUs and `gpus` GPUs in all; else what the nodes have.
+
+    Returns:
+        e.g. "1 node: 127.0.0.1 with 2 CPUs and 0 GPUs".
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    have = [(n.get("NodeManagerAddress", "?"), n["Resources"].get("CPU", 0.0), n["Resources"].get("GPU", 0.0))
+            for n in nodes]  # fmt: skip
+    if any(c >= cpus and g >= gpus for _, c, g in have):
+        return None
+    shown = "; ".join(f"{ip} with {c:g} CPUs and {g:g} GPUs" for ip, c, g in have[:5])
+    return f"{len(have)} node{'s' if len(have) != 1 else ''}: {shown}" if have else "no live node"
 
 
 @contextlib.contextmanager
@@ -92,7 +111,7 @@ def private_cluster(num_cpus: int | None = None, runtime_env: dict | None = None
             f"RAY_AUTH_MODE={mode} is set, but the private local Ray cluster always uses token authentication; "
             "unset RAY_AUTH_MODE, or run on a cluster of your own with --ray-address"
         )
-    folder = tempfile.mkdtemp(prefix="fsl-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)  # 0700
+    folder = reaper.new_folder("ray-")  # 0700; the run's watchdog removes it if this process dies
     token = os.path.join(folder, "auth_token")
     fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

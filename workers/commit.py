@@ -134,6 +134,16 @@ def publish(output: ObjectStore, marker: ShardMarker) -> None:
 
 def footer_metadata(store: ObjectStore, key: str) -> dict[bytes, bytes]:
     """The key-value metadata of a Parquet object's footer, read from its end (one or two ranged reads)."""
+    return footer(store, key)[0]
+
+
+def footer(store: ObjectStore, key: str) -> tuple[dict[bytes, bytes], int]:
+    """(the key-value metadata, the number of rows) of a Parquet object, from its footer (one or two ranged reads).
+
+    Raises:
+        ObjectNotFoundError: no such object.
+        ValueError, pyarrow.ArrowException: not a Parquet file.
+    """
     tail = store.tail(key, _FOOTER_GUESS)
     if len(tail) < 12 or tail[-4:] != b"PAR1":
         raise ValueError(f"{store.uri_of(key)} is not a Parquet file")
@@ -142,7 +152,7 @@ def footer_metadata(store: ObjectStore, key: str) -> dict[bytes, bytes]:
         tail = store.tail(key, length + 8)
     # The footer parser needs only the trailing bytes and a leading magic number.
     meta = pq.read_metadata(pa.BufferReader(b"PAR1" + tail[-(length + 8) :]))
-    return dict(meta.metadata or {})
+    return dict(meta.metadata or {}), meta.num_rows
 
 
 def published_attempt(store: ObjectStore, key: str) -> str | None:

@@ -1,9 +1,11 @@
 """Reading a committed run, one shard at a time: what exports and the report start from.
 
-Only a committed run (`_SUCCESS`) is read, and only the files its shard markers count (the
-manifest's shards and the published table parts), so what people get is exactly what the run
-counts. A shard's images and masks tables are read together and dropped before the next shard,
-so memory does not grow with the run.
+Only a committed run (`_SUCCESS`) is read, and only the files its manifest names: the manifest
+must agree with the plan the run was made by (its fingerprint, and the job that has it), and each
+shard's published tables must carry that shard's attempt in their footers (shards.read_shard_table),
+so a manifest edited to point elsewhere, or a file swapped, truncated or removed, is an error
+naming it, never rows from somewhere else. A shard's images and masks tables are read together and
+dropped before the next shard, so memory does not grow with the run.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.fingerprint import InputHashes, differences, fingerprint
+from schemas.job import JobError, StorageSpec, parse_job
 from schemas.layout import RunLayout
-from schemas.manifest import RunManifest
+from schemas.manifest import RunManifest, ShardState
 from schemas.tables import ImageStatus
-from workers import runs
-from workers.shards import read_parquet
-from workers.store import ObjectStore
+from workers import commit, runs
+from workers.shards import DAMAGED_FIX, RunDamagedError, check_footer, read_shard_table
+from workers.store import ObjectNotFoundError, ObjectStore, open_store
 
 
 class RunNotFoundError(ValueError):
@@ -112,7 +116,45 @@ class CommittedRun:
                 f"run {run_id} is not committed ({done} of {plan.shards} shards done); finish it with "
                 f"`fastsam-label run JOB --run-id {run_id}` (the job that planned it), then export"
             )
+        check_manifest(manifest, runs.load_plan(output, self.layout), output.uri_of(self.layout.manifest))
         self.manifest: RunManifest = manifest
+
+    def source(self, storage: StorageSpec | None = None) -> ObjectStore:
+        """The store the run read its images from, with the run's storage settings (`storage`'s endpoint wins)."""
+        settings = dict(self.manifest.job.get("storage") or {})
+        if storage is not None and storage.endpoint_url:
+            settings["endpoint_url"] = storage.endpoint_url
+        return open_store(self.manifest.job["source"]["uri"], StorageSpec(**settings))
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The tables each shard of the run published."""
+        return ("images", "masks", "prompts") if self.manifest.job.get("prompt_table") else ("images", "masks")
+
+    def verify(self) -> None:
+        """Check every published file of the run from its footer, one ranged read each.
+
+        Each must exist, parse, name its run, shard and attempt as the manifest does, and hold the
+        rows the shard counted.
+
+        Raises:
+            RunDamagedError: naming the first file that fails.
+        """
+        for state in self.manifest.shards:
+            for name in self.tables:
+                key = self.layout.table(name, state.shard_id)
+                where = self.output.uri_of(key)
+                try:
+                    meta, n = commit.footer(self.output, key)
+                except ObjectNotFoundError:
+                    raise RunDamagedError(f"{where} is missing: {DAMAGED_FIX}") from None
+                except (ValueError, pa.ArrowException, OSError) as e:
+                    raise RunDamagedError(f"{where} is not a readable Parquet file ({e}): {DAMAGED_FIX}") from None
+                check_footer(where, meta, n, self.layout, state.shard_id, state.attempt_id, _rows(state, name))
+
+    def table(self, name: str, state: ShardState) -> pa.Table:
+        """One shard's published table, checked against the manifest (shards.read_shard_table)."""
+        return read_shard_table(self.output, self.layout, name, state.shard_id, state.attempt_id, _rows(state, name))
 
     @property
     def prompts(self) -> list[str]:
@@ -130,8 +172,8 @@ class CommittedRun:
         for state in self.manifest.shards:
             if left is not None and left <= 0:
                 return
-            images = read_parquet(self.output, self.layout.table("images", state.shard_id), "images")
-            table = read_parquet(self.output, self.layout.table("masks", state.shard_id), "masks")
+            images = self.table("images", state)
+            table = self.table("masks", state)
             if left is not None:  # rows up to (and with) the `left`-th labelled image
                 ok = pc.cast(pc.equal(images["status"], ImageStatus.OK.value), pa.int64())
                 before = pc.subtract(pc.cumulative_sum(ok), ok)  # labelled images before each row
@@ -139,3 +181,47 @@ class CommittedRun:
                 table = table.filter(pc.is_in(table["image_id"], value_set=images["image_id"]))
                 left -= pc.sum(pc.cast(pc.equal(images["status"], ImageStatus.OK.value), pa.int64())).as_py() or 0
             yield ShardRows(state.shard_id, images, keep.apply(table))
+
+
+def _rows(state: ShardState, table: str) -> int:
+    """Rows the shard's summary counts in `table`."""
+    return {"images": state.summary.objects, "masks": state.summary.masks, "prompts": state.summary.prompts}[table]
+
+
+def check_manifest(manifest: RunManifest, plan: runs.Plan | None, where: str) -> None:
+    """Refuse a manifest that is not the committed state of the run its plan describes.
+
+    The plan is created once, exclusively, by the job that planned the run; the manifest must name
+    that run, carry the plan's fingerprint, hold a job with that fingerprint (so its source, prompts
+    and model are the run's), and list exactly the planned shards.
+
+    Raises:
+        RunDamagedError: naming the first thing that disagrees.
+    """
+    fix = DAMAGED_FIX
+    if plan is None:
+        raise RunDamagedError(f"{where}: the run has a manifest but no plan.json: {fix}")
+    problems = []
+    if manifest.run_id != plan.run_id:
+        problems.append(f"it names run {manifest.run_id!r}, the plan {plan.run_id!r}")
+    if manifest.fingerprint != plan.fingerprint:
+        problems.append(
+            f"its fingerprint differs from the plan's in {differences(plan.fingerprint, manifest.fingerprint)[:4]}"
+        )
+    else:
+        try:
+            fp = plan.fingerprint
+            hashes = InputHashes(model=fp.get("model.sha256") or "?", clip=fp.get("clip.sha256"),
+                                 prompt_table=fp.get("prompt_table.sha256"))  # fmt: skip
+            own = fingerprint(parse_job(manifest.job, environ={}), hashes)
+        except (JobError, ValueError) as e:
+            problems.append(f"its job does not validate ({e})")
+        else:
+            differ = differences(fp, own)
+            if differ:
+                problems.append(f"its job differs from the one that planned the run in {differ[:4]}")
+    ids = [s.shard_id for s in manifest.shards]
+    if ids != list(range(plan.shards)):
+        problems.append(f"it lists shards {ids[:5]}{'...' if len(ids) > 5 else ''}, the plan 0..{plan.shards - 1}")
+    if problems:
+        raise RunDamagedError(f"{where} does not match the run's plan: {problems[0]}: {fix}")

@@ -64,14 +64,18 @@ def _committed_runs(output: ObjectStore) -> list[str]:
 
 
 def _legacy(output: ObjectStore, exclude: str | None = None) -> pa.Table:
-    """Index rows rebuilt from the images tables of committed runs (outputs written before the index)."""
+    """Index rows rebuilt from the images tables of committed runs (outputs written before the index).
+
+    Only the files each run's manifest names are read, each checked against it (workers.committed).
+    """
+    from workers.committed import CommittedRun  # it reads runs through workers.runs, which uses this module
+
     tables = [_EMPTY]
     for run_id in _committed_runs(output):
         if run_id == exclude:
             continue
-        layout = RunLayout(run_id)
-        for obj in output.list(layout.table_prefix("images")):
-            tables.append(rows_of(read_parquet(output, obj.key, "images"), run_id))
+        run = CommittedRun(output, run_id)
+        tables += [rows_of(run.table("images", state), run_id) for state in run.manifest.shards]
     return pa.concat_tables(tables)
 
 

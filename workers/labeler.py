@@ -29,7 +29,16 @@ from workers.readahead import PixelBudget, PixelHold, ShapeBatcher, read_ahead
 from workers.shards import read_shard_list
 from workers.sidecar import ImagePrompt, load_prompt_table
 from workers.stack import ModelStack, stack_for
-from workers.store import ObjectInfo, ObjectStore, ObjectTooLargeError, StoreError, display_key, open_store
+from workers.store import (
+    NotAFileError,
+    ObjectInfo,
+    ObjectStore,
+    ObjectTooLargeError,
+    StoreError,
+    display_key,
+    open_store,
+    read_with_deadline,
+)
 
 
 class Labeler:
@@ -139,9 +148,13 @@ class Labeler:
         res = rows.ImageResult(key=obj.key, uri=uri, image_id=image_id(uri), etag=obj.etag, size=obj.size)
         t0 = time.perf_counter()
         try:
-            data, got = self.source.read(obj.key, max_bytes=self.job.limits.max_bytes)
+            data, got = read_with_deadline(
+                self.source, obj.key, self.job.limits.max_bytes, self.job.storage.object_timeout_s
+            )
         except ObjectTooLargeError as e:
             return steps.fail(res, ImageStatus.TOO_LARGE, str(e)), None, hold
+        except NotAFileError as e:
+            return steps.fail(res, ImageStatus.UNSUPPORTED, str(e)), None, hold
         except StoreError as e:
             return steps.fail(res, ImageStatus.READ_ERROR, str(e)), None, hold
         except Exception as e:  # any failure to fetch is recorded, and the shard goes on

@@ -107,12 +107,21 @@ class LabelerPool:
         self.output = open_store(job.output, job.storage)
         self.source = open_store(job.source.uri, job.storage)
         self._exit = contextlib.ExitStack()
-        self._exit.enter_context(cluster.connect(cluster.address_for(job.compute.ray_address)))
+        private = self._exit.enter_context(cluster.connect(cluster.address_for(job.compute.ray_address)))
         # Every actor gets the same CPU count (and so the same torch threads: equal scores bit for bit).
         cpus = job.compute.actor_cpus(ray.cluster_resources().get("CPU", 1.0))
         job = job.model_copy(update={"compute": job.compute.model_copy(update={"cpus_per_actor": cpus})})
         self.job = job
         c = job.compute
+        if private and (have := cluster.unfit(c.cpus_per_actor, c.gpus_per_actor)) is not None:
+            # A private cluster never grows: an actor that fits no node would wait for ever.
+            self._exit.close()
+            raise PoolError(
+                f"compute.gpus_per_actor is {c.gpus_per_actor:g} and compute.cpus_per_actor {c.cpus_per_actor:g}, but "
+                f"the local Ray cluster has {have}; set compute.gpus_per_actor: 0 to label on the CPU, or run on a "
+                "cluster with such nodes (--ray-address)"
+            )
+        self._unfit_warned = False
         actor_cls = ray.remote(LabelerActor).options(
             num_cpus=c.cpus_per_actor,
             num_gpus=c.gpus_per_actor,
@@ -176,9 +185,12 @@ class LabelerPool:
 
     def _take(self):
         deadline = time.monotonic() + self.start_timeout_s
+        warn_at = time.monotonic() + 30.0
         while not self._closed.is_set():
             if self._lost >= len(self._actors):
                 raise PoolError("every Labeler actor failed to start or restart; see the errors logged above")
+            if not self._unfit_warned and time.monotonic() > warn_at:
+                self._warn_unfit()
             try:
                 return self._idle.get(timeout=min(1.0, max(deadline - time.monotonic(), 0.01)))
             except queue.Empty:
@@ -190,6 +202,18 @@ class LabelerPool:
                         "actor logs"
                     ) from None
         raise PoolError("the pool is closed")
+
+    def _warn_unfit(self) -> None:
+        """Say once, in one line, when no node of a joined cluster can hold an actor (an autoscaler may add one)."""
+        c = self.job.compute
+        have = cluster.unfit(c.cpus_per_actor, c.gpus_per_actor)
+        self._unfit_warned = True
+        if have is not None:
+            log.warning(
+                "no Labeler actor can start: each needs %g CPUs and %g GPUs (compute.cpus_per_actor, "
+                "compute.gpus_per_actor) and the cluster has %s; waiting up to %.0f s for its autoscaler to add a node",
+                c.cpus_per_actor, c.gpus_per_actor, have, self.start_timeout_s,
+            )  # fmt: skip
 
     def _call(self, what: str, method: str, *args):
         """Run an actor method on the next idle actor: (result, None), or (None, error) when the actor died.

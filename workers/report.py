@@ -28,7 +28,7 @@ from schemas.manifest import RunManifest
 from schemas.stats import AREA_STEP, MaskStats
 from schemas.tables import ImageStatus
 from workers.decode import ImageError, decode_image
-from workers.shards import read_parquet
+from workers.shards import read_shard_table
 from workers.store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -161,20 +161,23 @@ def build(
     limits = manifest.job.get("limits", {})
     max_pixels, max_bytes = int(limits.get("max_pixels", 100_000_000)), limits.get("max_bytes")
     masks_of: dict[int, pa.Table] = {}
+    shard_of = {state.shard_id: state for state in manifest.shards}
 
     def figure(image_id: str, caption: str) -> str:
         r = rows.get(image_id)
         if r is None:
             return ""
         if r["shard_id"] not in masks_of:
-            masks_of[r["shard_id"]] = read_parquet(output, layout.table("masks", r["shard_id"]), "masks")
+            sid = r["shard_id"]
+            state = shard_of[sid]
+            masks_of[sid] = read_shard_table(output, layout, "masks", sid, state.attempt_id, state.summary.masks)
         t = masks_of[r["shard_id"]]
         mine = t.filter(pc.equal(t["image_id"], image_id)).to_pylist()
         try:
             data, _ = source.read(r["key"], max_bytes=max_bytes)
             rgb = decode_image(data, r["key"], max_pixels, draft=THUMB).rgb
             picture = _thumbnail(rgb, (r["height"], r["width"]), mine)
-        except (StoreError, ImageError) as e:  # the source changed since the run: say so, keep going
+        except (StoreError, ImageError, ValueError) as e:  # the source changed since the run: say so, keep going
             picture = f'<div class="placeholder">source unreadable now: {_e(e)}</div>'
         text = f"{r['key']} · {len(mine)} masks{caption}"
         return f'<figure class="thumb">{picture}<figcaption>{_e(text)}</figcaption></figure>'
@@ -204,7 +207,9 @@ def build(
         + "</section>",
         "<h2>Errors by kind</h2><table>"
         + "".join(f"<tr><td>{_e(k)}</td><td>{v}</td></tr>" for k, v in s.errors_by_kind.items())
-        + ("" if s.errors_by_kind else "<tr><td>none</td></tr>") + "</table>",
+        + ("" if s.errors_by_kind else "<tr><td>none</td></tr>") + "</table>"
+        + (f'<p class="list-errors"><b>Not listed:</b> {_e(s.list_errors.warning(manifest.job["source"]["uri"]))}'
+           "</p>" if s.list_errors.count else ""),
         "<h2>Seconds per stage</h2><table>"
         + "".join(f"<tr><td>{_e(k)}</td><td>{v:.2f}</td></tr>" for k, v in s.stage_seconds.items()) + "</table>",
         "<h2>Models and prompts</h2><table>"

@@ -15,18 +15,20 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pyarrow as pa
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from schemas.fingerprint import differences
 from schemas.job import Job, JobError
 from schemas.layout import RunLayout, parse_shard
-from schemas.manifest import RunManifest, RunState, RunSummary, ShardMarker, ShardState
+from schemas.manifest import ListErrors, RunManifest, RunState, RunSummary, ShardMarker, ShardState
 from workers import commit, index, report
-from workers.shards import list_source, read_parquet, write_shard_list
+from workers.shards import RunDamagedError, list_source, read_parquet, write_shard_list
 from workers.store import ObjectNotFoundError, ObjectStore, open_store
 
 #: Parallel requests when a commit reads or repairs many shards.
 _IO_THREADS = 16
+#: Folders that could not be listed named in a plan (the rest are counted).
+_LISTED_ERRORS = 20
 
 
 class RunMismatchError(JobError):
@@ -51,6 +53,7 @@ class Plan(BaseModel):
         listed: objects the source listing matched before incremental filtering.
         skipped: objects left out because an earlier committed run labelled the same URI and ETag.
         incremental: whether earlier runs were consulted.
+        list_errors: parts of the source that could not be listed (their objects are not in the plan).
         fingerprint: the planning job's fingerprint (schemas.fingerprint).
         created_at: UTC time the plan was made.
     """
@@ -61,16 +64,40 @@ class Plan(BaseModel):
     listed: int
     skipped: int = 0
     incremental: bool = False
+    list_errors: ListErrors = ListErrors()
     fingerprint: dict
     created_at: datetime
 
 
-def load_plan(output: ObjectStore, layout: RunLayout) -> Plan | None:
-    """The run's plan, or None when it was never planned."""
+def _load(output: ObjectStore, key: str, model: type[BaseModel], what: str):
+    """A JSON document of the run, or None when it does not exist.
+
+    Raises:
+        RunDamagedError: it exists but is not a valid `model` (one line naming it, not a pydantic dump).
+    """
     try:
-        return Plan.model_validate_json(output.get(layout.plan))
+        data = output.get(key)
     except ObjectNotFoundError:
         return None
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the document"
+        raise RunDamagedError(
+            f"{output.uri_of(key)} is not a valid {what} ({e.error_count()} problem(s), first: {where}: "
+            f"{first['msg']}); it was changed or damaged after it was written: restore it, or label again under a "
+            "new run id"
+        ) from None
+
+
+def load_plan(output: ObjectStore, layout: RunLayout) -> Plan | None:
+    """The run's plan, or None when it was never planned.
+
+    Raises:
+        RunDamagedError: plan.json exists but is not a plan.
+    """
+    return _load(output, layout.plan, Plan, "run plan")
 
 
 def check_same_job(plan: Plan, fingerprint: dict) -> None:
@@ -108,7 +135,9 @@ def plan_run(
     if existing is not None:
         check_same_job(existing, fingerprint)
         return existing
-    objects = list_source(source, job.source)
+    skipped: list[str] = []
+    objects = list_source(source, job.source, skipped=skipped)
+    list_errors = ListErrors(count=len(skipped), first=skipped[:_LISTED_ERRORS])
     listed = objects.num_rows
     if not listed:
         s = job.source
@@ -134,6 +163,7 @@ def plan_run(
         listed=listed,
         skipped=listed - objects.num_rows,
         incremental=incremental,
+        list_errors=list_errors,
         fingerprint=fingerprint,
         created_at=datetime.now(UTC),
     )
@@ -167,6 +197,7 @@ def summary_of(
         plan.listed,
         plan.skipped,
         (markers[i].summary for i in sorted(markers)),
+        list_errors=plan.list_errors,
         **extra,
     )
 
@@ -235,11 +266,12 @@ def commit_run(
 
 
 def load_manifest(output: ObjectStore, layout: RunLayout) -> RunManifest | None:
-    """The committed run's manifest, or None."""
-    try:
-        return RunManifest.model_validate_json(output.get(layout.manifest))
-    except ObjectNotFoundError:
-        return None
+    """The committed run's manifest, or None.
+
+    Raises:
+        RunDamagedError: manifest.json exists but is not a manifest.
+    """
+    return _load(output, layout.manifest, RunManifest, "run manifest")
 
 
 def new_run_id() -> str:

@@ -17,7 +17,9 @@ import io
 import os
 import random
 import shutil
+import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,6 +59,14 @@ class StoreUnavailableError(StoreError):
     transient = True
 
 
+class NotAFileError(StoreError):
+    """A local source entry that is not a regular file (a named pipe, socket or device): never read."""
+
+
+class ReadDeadlineError(StoreError):
+    """An object was not read whole within storage.object_timeout_s."""
+
+
 class _BodyCutShortError(Exception):
     """A response body ended early or broke while streaming."""
 
@@ -82,8 +92,12 @@ class ObjectStore(Protocol):
 
     uri: str
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix`, in key order, streamed page by page."""
+    def list(self, prefix: str = "", skipped: list[str] | None = None) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in key order, streamed page by page.
+
+        Parts of the store that could not be listed (a local folder without permission, a symbolic
+        link to a folder, which is not followed) are appended to `skipped` as "path: why".
+        """
         ...
 
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
@@ -179,13 +193,28 @@ class LocalStore:
             raise ValueError(f"refusing key {key!r}: it resolves outside {self.root}")
         return path
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """See `ObjectStore.list`. Temporary files of unfinished writes are not listed."""
+    def list(self, prefix: str = "", skipped: list[str] | None = None) -> Iterator[ObjectInfo]:
+        """See `ObjectStore.list`. Temporary files of unfinished writes are not listed.
+
+        Symbolic links to folders are not followed (a link can lead outside the source, or in a
+        circle, and its files would be listed twice); they, and folders that cannot be read, are
+        reported in `skipped`. Files of every kind are listed (a read refuses all but regular files).
+        """
         if not self.root.is_dir():
             return
         keys = []
-        for dirpath, _, filenames in os.walk(self.root):
+
+        def unreadable(e: OSError) -> None:
+            if skipped is not None:
+                skipped.append(f"{self._rel(e.filename)}: {e.strerror or e}")
+
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable):
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in dirnames:
+                if skipped is not None and os.path.islink(os.path.join(dirpath, name)):
+                    skipped.append(
+                        f"{self._rel(os.path.join(dirpath, name))}: a symbolic link to a folder, not followed"
+                    )
             for name in filenames:
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if not name.startswith(_TMP_PREFIX) and key.startswith(prefix):
@@ -197,16 +226,30 @@ class LocalStore:
                 continue
             yield _local_info(key, st)
 
+    def _rel(self, path: str | os.PathLike) -> str:
+        """A path under the root, relative to it, for messages."""
+        try:
+            return display_key(Path(path).relative_to(self.root).as_posix())
+        except ValueError:
+            return display_key(str(path))
+
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         """See `ObjectStore.get`."""
         return self.read(key, max_bytes)[0]
 
     def read(self, key: str, max_bytes: int | None = None) -> tuple[bytes, ObjectInfo]:
-        """See `ObjectStore.read`: size and ETag from the open file, so they describe the bytes read."""
+        """See `ObjectStore.read`: size and ETag from the open file, so they describe the bytes read.
+
+        Only regular files are read: the file is opened without blocking (opening a named pipe for
+        reading would wait for a writer forever) and anything else raises NotAFileError.
+        """
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
                 st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
+                    raise NotAFileError(f"{path} is {kind}; only regular files are read (move it out of the source)")
                 if max_bytes is not None and st.st_size > max_bytes:
                     limit = f"over the limit of {max_bytes} (limits.max_bytes)"
                     raise ObjectTooLargeError(f"{path} is {st.st_size} bytes, {limit}")
@@ -338,6 +381,49 @@ class LocalStore:
         return (self.root / key).as_uri()
 
 
+#: What a local entry that is not a regular file is, for messages.
+_FILE_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def read_with_deadline(store: ObjectStore, key: str, max_bytes: int | None, seconds: float) -> tuple[bytes, ObjectInfo]:
+    """`store.read(key, max_bytes)`, given up after `seconds`.
+
+    The read runs in a daemon thread; one that does not finish in time (a hung network mount, a
+    device that never answers: system calls no signal interrupts) is left behind, and the caller
+    goes on.
+
+    Raises:
+        ReadDeadlineError: the read did not finish in time.
+        StoreError: what the read raised.
+    """
+    done = threading.Event()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, store.read(key, max_bytes)))
+        except BaseException as e:  # handed to the caller
+            outcome.append((False, e))
+        done.set()
+
+    threading.Thread(target=run, daemon=True, name="fastsam-read-deadline").start()
+    if not done.wait(seconds):
+        raise ReadDeadlineError(
+            f"{store.uri_of(key)}: not read within {seconds:g} s (storage.object_timeout_s); the store or file "
+            "system is hanging: check it, or raise the limit"
+        )
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
 def _local_error(path: Path, e: OSError, doing: str) -> StoreError:
     """A StoreError for a failed file operation, naming the file and the fix."""
     if isinstance(e, FileNotFoundError):
@@ -463,8 +549,8 @@ class S3Store:
         except BotoCoreError as e:
             raise self.describe_error(key, e) from None
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """See `ObjectStore.list`."""
+    def list(self, prefix: str = "", skipped: list[str] | None = None) -> Iterator[ObjectInfo]:
+        """See `ObjectStore.list` (a bucket has no part that cannot be listed: `skipped` stays as it is)."""
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
         with self._requests(prefix):
             for page in pages:
