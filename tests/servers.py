@@ -1,4 +1,4 @@
-"""Servers the tests start on 127.0.0.1 and stop: free ports, process groups, a Prefect server."""
+"""Servers the tests start on 127.0.0.1 and stop: free ports, process groups, Prefect, S3, Label Studio."""
 
 from __future__ import annotations
 
@@ -82,3 +82,49 @@ def loopback_s3(bucket: str):
     client = boto3.client("s3", endpoint_url=endpoint)
     client.create_bucket(Bucket=bucket)
     return server, endpoint, client
+
+
+@contextlib.contextmanager
+def label_studio(executable: Path, data: Path, document_root: Path) -> Iterator[dict]:
+    """A real Label Studio on 127.0.0.1 (SQLite in `data`) serving local files under `document_root`.
+
+    Yields {"url", "token", "email", "password"}: a legacy API token and the login of its one user.
+    Label Studio also reads bare USERNAME/PASSWORD/PORT from the environment, so they are removed.
+    """
+    port = free_port()
+    user = {
+        "email": "reviewer@example.com",
+        "password": "fastsam-" + os.urandom(6).hex(),
+        "token": os.urandom(20).hex(),
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD", "PORT", "HOST")}
+    env.update(
+        LABEL_STUDIO_USERNAME=user["email"],
+        LABEL_STUDIO_PASSWORD=user["password"],
+        LABEL_STUDIO_USER_TOKEN=user["token"],
+        LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
+        LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
+        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+        COLLECT_ANALYTICS="false",
+    )
+    cmd = [str(executable), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+           "--data-dir", str(data), "--enable-legacy-api-token"]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    with open(data.parent / "label-studio.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    headers = {"Authorization": f"Token {user['token']}"}
+                    if httpx.get(f"{url}/api/projects", headers=headers, timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    tail = (data.parent / "label-studio.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"Label Studio did not start: {tail}")
+                time.sleep(1)
+            yield {"url": url, **user}
+        finally:
+            stop(proc)

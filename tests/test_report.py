@@ -1,10 +1,8 @@
 """The run report: self-contained, bounded, and checked in a real headless Chromium (Debian's, via Playwright)."""
 
-import os
 import re
 import shutil
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,21 +11,13 @@ from PIL import Image
 from flows.cli import main
 from schemas import RunLayout, parse_job
 from tests.helpers import plan_for, scene_bytes
+from tests.tools import CHROMIUM_ARGS, chromium
 from workers.labeler import Labeler
 from workers.report import PALETTE
 from workers.runs import commit_run
 from workers.store import LocalStore
 
-CHROMIUM = "/usr/bin/chromium"
 BROKEN = "broken <b>x<i>.jpg"  # markup in a key must be shown as text, never run as markup
-
-
-def _chromium() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{CHROMIUM} is missing; CI installs it (.ci/run: apt-get install -y chromium)")
-    pytest.skip(f"needs Debian's chromium at {CHROMIUM}: sudo apt-get install -y chromium")
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +63,10 @@ def test_the_report_is_written_at_commit_self_contained_and_bounded(committed):
 
 def test_the_report_in_chromium(committed, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    executable = _chromium()
+    executable = chromium()
     console, failed, schemes = [], [], set()
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=executable,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )  # fmt: skip
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("console", lambda m: console.append((m.type, m.text)))
         page.on("pageerror", lambda e: console.append(("pageerror", str(e))))
