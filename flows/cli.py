@@ -462,10 +462,12 @@ _SERVE_HELP = """Serve label-collection as a Prefect deployment with a cron sche
 pointing at a Prefect server, or runs against a temporary local one). Scheduled runs are incremental
 unless --full: each labels only the objects that are new or changed since the earlier runs."""
 
-_EXPORT_HELP = """Write a committed run for review or training tools: coco (pycocotools, CVAT "COCO 1.0",
-FiftyOne COCODetectionDataset), label-studio (tasks with brush and/or polygon predictions, and the
-labeling config), yolo (segmentation label files, data.yaml, the list of source URIs). Errored images
-are left out; the filters choose masks."""
+_EXPORT_HELP = """Write a committed run for review or training tools: coco (pycocotools, FiftyOne; --layout cvat
+for CVAT's and Datumaro's COCO 1.0 folders), label-studio (tasks with brush and/or polygon
+predictions and the labeling config; --label-studio-url and --project import them into a project,
+with the token from LABEL_STUDIO_API_KEY), yolo (a dataset ultralytics trains on: data.yaml,
+images/, labels/). Errored images and objects whose key cannot be a file path are left out and
+counted; the filters choose masks."""
 
 _RUN_HELP = """Label every image under the job's source and write the tables under {output}/runs/{run_id}/.
 Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""

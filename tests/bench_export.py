@@ -24,7 +24,8 @@ def _child(out: str, run_id: str, to: str, dest: str) -> dict:
 
     base = peak_rss_bytes()
     t0 = time.perf_counter()
-    summary = export_run(out, run_id, ExportOptions(to, dest, ls_shape="both" if to == "label-studio" else "brush"))
+    shape = "both" if to == "label-studio" else "brush"
+    summary = export_run(out, run_id, ExportOptions(to, dest, ls_shape=shape, images="none"))  # no source images
     return {
         "seconds": round(time.perf_counter() - t0, 2),
         "peak_mib": round(peak_rss_bytes() / 2**20),
