@@ -143,3 +143,26 @@ def with_attempt_file(store, key: str, source_key: str, attempt_id: str) -> None
     table = pq.read_table(io.BytesIO(store.get(source_key)))
     meta = {**(table.schema.metadata or {}), ATTEMPT_KEY: attempt_id.encode()}
     store.put(key, parquet_bytes(table.replace_schema_metadata(meta)))
+
+
+def run_rows(store, run_id: str) -> tuple[list[dict], list[dict]]:
+    """(images rows, masks rows) of a committed run, shards in order, as its published tables hold them."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from schemas.layout import RunLayout
+
+    layout = RunLayout(run_id)
+    images, masks = [], []
+    for name, rows in (("images", images), ("masks", masks)):
+        for obj in sorted(store.list(layout.table_prefix(name)), key=lambda o: o.key):
+            rows += pq.read_table(io.BytesIO(store.get(obj.key))).to_pylist()
+    return images, masks
+
+
+def dense_mask(row: dict) -> np.ndarray:
+    """The (H, W) uint8 mask of a masks-table row, decoded by pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": row["rle_size"], "counts": row["rle_counts"].encode()})

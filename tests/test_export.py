@@ -1,6 +1,5 @@
 """Exports of committed runs, checked with the tools' own readers: pycocotools, label-studio-converter, OpenCV."""
 
-import io
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -8,37 +7,20 @@ import xml.etree.ElementTree as ET
 import boto3
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import yaml
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from flows.cli import main
-from schemas import RunLayout
 from tests.faults import FaultProxy
-from tests.helpers import flow_job, scene_bytes
+from tests.helpers import dense_mask, flow_job, run_rows, scene_bytes
 from tests.synthetic_run import make_run
 from workers.export import ExportOptions
 from workers.export.labelstudio import image_url
 from workers.store import LocalStore
 
 brush = pytest.importorskip("label_studio_converter.brush", reason="pip install label-studio-converter")
-
-
-def _run_rows(store, run_id: str) -> tuple[list[dict], list[dict]]:
-    """(images rows, masks rows) of a committed run, shards in order, as the tables hold them."""
-    layout = RunLayout(run_id)
-    images, masks = [], []
-    for name, out in (("images", images), ("masks", masks)):
-        for obj in sorted(store.list(layout.table_prefix(name)), key=lambda o: o.key):
-            out += pq.read_table(io.BytesIO(store.get(obj.key))).to_pylist()
-    return images, masks
-
-
-def _dense(m: dict) -> np.ndarray:
-    return mask_utils.decode({"size": m["rle_size"], "counts": m["rle_counts"].encode()})
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +72,14 @@ def test_coco_round_trip_on_a_pipeline_run(pipeline_run, tmp_path, capsys):
     s3 = boto3.client("s3", endpoint_url=endpoint)
     path.write_bytes(s3.get_object(Bucket="export-run", Key="exports/coco/annotations.json")["Body"].read())
     coco = COCO(str(path))
-    images, masks = _run_rows(store, "exp")
+    images, masks = run_rows(store, "exp")
     ok = [r for r in images if r["status"] == "ok"]
     assert [i["file_name"] for i in coco.dataset["images"]] == [r["key"] for r in ok]  # errored left out
     assert "grey.png" in {r["key"] for r in ok} and "broken.jpg" not in {i["file_name"] for i in coco.dataset["images"]}
     anns = coco.dataset["annotations"]
     assert len(anns) == len(masks) > 10
     for ann, m in zip(anns, masks, strict=True):  # every annotation is exactly the Parquet mask
-        np.testing.assert_array_equal(coco.annToMask(ann), _dense(m))
+        np.testing.assert_array_equal(coco.annToMask(ann), dense_mask(m))
         assert coco.cats[ann["category_id"]]["name"] == (m["label"] or "unlabelled")
         assert ann["area"] == m["area"] and ann["bbox"] == pytest.approx(m["bbox"])
     assert [c["name"] for c in coco.dataset["categories"]] == ["red", "blue", "green", "unlabelled"]
@@ -115,12 +97,12 @@ def test_coco_filters_and_awkward_rows(synthetic, tmp_path):
     flags = ["--min-score", "0.6", "--min-area", "1", "--labelled-only", "--limit", "12"]
     assert _export(synthetic, "syn", "coco", str(dest), *flags) == 0
     coco = COCO(str(dest / "annotations.json"))
-    images, masks = _run_rows(synthetic, "syn")
+    images, masks = run_rows(synthetic, "syn")
     first = [r["image_id"] for r in images if r["status"] == "ok"][:12]
     expected = [m for m in masks if m["image_id"] in first and m["score"] >= 0.6 and m["area"] >= 1 and m["label"]]
     assert len(coco.dataset["images"]) == 12 and len(coco.dataset["annotations"]) == len(expected) > 0
     for ann, m in zip(coco.dataset["annotations"], expected, strict=True):
-        np.testing.assert_array_equal(coco.annToMask(ann), _dense(m))
+        np.testing.assert_array_equal(coco.annToMask(ann), dense_mask(m))
     assert [c["name"] for c in coco.dataset["categories"]] == ["red", "blue", "green"]
     # Without filters: the zero-area mask, unlabelled masks and images without masks export too.
     assert _export(synthetic, "syn", "coco", str(tmp_path / "all")) == 0
@@ -138,7 +120,7 @@ def test_label_studio_masks_decode_to_the_parquet_masks(synthetic, tmp_path, sha
     controls = {c.get("name"): c for c in config if c.tag in ("BrushLabels", "PolygonLabels")}
     assert set(controls) == {"brush": {"brush"}, "polygon": {"polygon"}, "both": {"brush", "polygon"}}[shape]
     config_labels = {c.get("name"): {label.get("value") for label in c} for c in controls.values()}
-    images, masks = _run_rows(synthetic, "syn")
+    images, masks = run_rows(synthetic, "syn")
     ok = [r for r in images if r["status"] == "ok"][:10]
     assert [t["data"]["key"] for t in tasks] == [r["key"] for r in ok]
     checked = 0
@@ -153,7 +135,7 @@ def test_label_studio_masks_decode_to_the_parquet_masks(synthetic, tmp_path, sha
             assert labels == [m["label"] or "unlabelled"] and labels[0] in config_labels[r["from_name"]]
             if r["type"] == "brushlabels":
                 decoded = brush.decode_rle(r["value"]["rle"]).reshape(img["height"], img["width"], 4)
-                np.testing.assert_array_equal(decoded[..., 0] > 0, _dense(m).astype(bool))
+                np.testing.assert_array_equal(decoded[..., 0] > 0, dense_mask(m).astype(bool))
                 checked += 1
             else:
                 points = np.array(r["value"]["points"])
@@ -179,7 +161,7 @@ def test_yolo_labels_parse_and_polygons_cover_their_masks(synthetic, tmp_path):
     names = data["names"]
     assert list(names.values()) == ["red", "blue", "green", "unlabelled"] and data["nc"] == 4
     assert (data["train"], data["val"], "path" in data) == ("images", "images", False)
-    images, masks = _run_rows(synthetic, "syn")
+    images, masks = run_rows(synthetic, "syn")
     ok = [r for r in images if r["status"] == "ok"]
     assert not (dest / "images").exists()  # --images none: labels only
     checked = 0
@@ -195,7 +177,7 @@ def test_yolo_labels_parse_and_polygons_cover_their_masks(synthetic, tmp_path):
             if m["area"] >= 400:
                 drawn = np.zeros((img["height"], img["width"]), np.uint8)
                 cv2.fillPoly(drawn, [np.round(points * [img["width"], img["height"]]).astype(np.int32)], 1)
-                dense = _dense(m)
+                dense = dense_mask(m)
                 iou = (drawn & dense).sum() / (drawn | dense).sum()
                 assert iou >= 0.9, (img["key"], m["mask_id"], iou)
                 checked += 1

@@ -17,15 +17,12 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from flows.cli import main
-from schemas import RunLayout
-from tests.helpers import scene_bytes
+from tests.helpers import dense_mask, run_rows, scene_bytes
 from tests.servers import label_studio
 from tests.synthetic_run import make_run
 from tests.tools import CHROMIUM_ARGS, chromium, tool
@@ -58,19 +55,6 @@ def _fill(word: str, values: dict[str, str]) -> str:
     return word
 
 
-def _rows(out: LocalStore, run_id: str) -> tuple[list[dict], list[dict]]:
-    layout = RunLayout(run_id)
-    images, masks = [], []
-    for name, rows in (("images", images), ("masks", masks)):
-        for obj in sorted(out.list(layout.table_prefix(name)), key=lambda o: o.key):
-            rows += pq.read_table(io.BytesIO(out.get(obj.key))).to_pylist()
-    return images, masks
-
-
-def _dense(m: dict) -> np.ndarray:
-    return mask_utils.decode({"size": m["rle_size"], "counts": m["rle_counts"].encode()})
-
-
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """A run of the pipeline (the CLI: Prefect, Ray, the shipped model) on a local folder of scenes.
@@ -97,7 +81,7 @@ def real_run(tmp_path_factory):
     )
     assert main(["run", str(job), "--run-id", "handoff"]) == 0
     out = LocalStore(root / "out")
-    images, masks = _rows(out, "handoff")
+    images, masks = run_rows(out, "handoff")
     assert sum(r["status"] == "ok" for r in images) == 6 and len(masks) > 20
     assert {m["label"] for m in masks} >= {"red", "green", "blue", None}
     return root, out, images, masks
@@ -161,7 +145,7 @@ def test_label_studio_imports_a_real_run_and_serves_its_images(real_run, studio,
             assert r["value"]["brushlabels"] == [m["label"] or "unlabelled"]
             assert r["score"] == pytest.approx(m["score"], abs=1e-6)
             rgba = brush.decode_rle(r["value"]["rle"]).reshape(img["height"], img["width"], 4)
-            np.testing.assert_array_equal(rgba[..., 3] > 0, _dense(m).astype(bool))
+            np.testing.assert_array_equal(rgba[..., 3] > 0, dense_mask(m).astype(bool))
             decoded += 1
     assert decoded == len(masks)
     # The images load through the project's local-files storage, as the labeling page loads them.
@@ -200,7 +184,7 @@ def test_label_studio_draws_each_label_in_its_configured_colour(real_run, studio
     config = (tmp_path / "ls/labeling-config.xml").read_text()
     colours = dict(re.findall(r'<Label value="([^"]+)" background="#([0-9a-f]{6})"/>', config))
     assert colours == {"blue": "0000ff", "red": "ff0000", "green": "008000", "unlabelled": "9e9e9e"}
-    images, masks = _rows(out, "grey")
+    images, masks = run_rows(out, "grey")
     img = next(r for r in images if r["status"] == "ok" and len({m["label"] for m in masks if m["image_id"] ==
                                                                   r["image_id"]} & set(GREY_PROMPTS)) == 3)  # fmt: skip
     project = next(p["id"] for p in _api(studio, "/api/projects")["results"] if p["title"] == "grey colours")
@@ -221,7 +205,7 @@ def test_label_studio_draws_each_label_in_its_configured_colour(real_run, studio
         browser.close()
     shot = np.asarray(Image.open(tmp_path / "task.png").convert("RGB")).astype(float)
     mine = [m for m in masks if m["image_id"] == img["image_id"]]
-    dense = np.stack([_dense(m).astype(bool) for m in mine])
+    dense = np.stack([dense_mask(m).astype(bool) for m in mine])
     alone = dense & (dense.sum(axis=0) == 1)  # pixels of one mask only
     sx, sy = box["width"] / img["width"], box["height"] / img["height"]
     for label in GREY_PROMPTS:

@@ -13,7 +13,7 @@ from pycocotools import mask as mask_utils
 from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmenter
 from schemas import RunLayout, check_table, parse_job
 from tests.corpus import MAX_BYTES, corpus
-from tests.helpers import plan_for, scene_bytes
+from tests.helpers import dense_mask, plan_for, scene_bytes
 from workers import commit
 from workers.decode import decode_image
 from workers.labeler import Labeler
@@ -33,10 +33,6 @@ def _table(client, bucket, key, name):
     t = pq.read_table(io.BytesIO(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
     check_table(t, name)
     return t
-
-
-def _dense(row):
-    return mask_utils.decode({"size": row["rle_size"], "counts": row["rle_counts"].encode()})
 
 
 def _read_all(client, bucket, name):
@@ -181,12 +177,12 @@ def test_sidecar_prompts_record_what_they_selected(labelled):
     assert len(prompts) == 4
     scene = images["good/plain scene.jpg"]["image_id"]
     masks = {m["mask_id"]: m for m in labelled["masks"].to_pylist() if m["image_id"] == scene}
-    dense = {i: _dense(m) for i, m in masks.items()}
+    dense = {i: dense_mask(m) for i, m in masks.items()}
     p = prompts[(scene, "p-fg")]
     holding = sorted(i for i, d in dense.items() if d[60, 60] or d[90, 120])
     assert p["kind"] == "points" and sorted(p["mask_ids"]) == holding
     if holding:
-        merged = _dense(p)
+        merged = dense_mask(p)
         assert merged.sum() > 0
     b = prompts[(scene, "b-1")]
     assert b["kind"] == "box" and len(b["mask_ids"]) == 1
