@@ -46,7 +46,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from fastsam_core.batch import MaskBatch
-    from fastsam_core.checkpoints import KNOWN_CHECKPOINTS, TINY_CHECKPOINT, CheckpointError, verify_checkpoint
+    from fastsam_core.checkpoints import KNOWN_CHECKPOINTS, TINY_CHECKPOINT, verify_checkpoint
     from fastsam_core.color_words import ColorWordEmbedder
     from fastsam_core.embedders import ClipEmbedder, Embedder
     from fastsam_core.everything import EverythingParams, Segmenter
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         with_labels,
     )
     from fastsam_core.scoring import score_images, score_masks
+    from schemas.errors import CheckpointError
 
 __all__ = [
     "KNOWN_CHECKPOINTS",

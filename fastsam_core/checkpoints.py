@@ -11,9 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-
-class CheckpointError(ValueError):
-    """A model file is missing, does not match its pinned hash, or is not pinned."""
+from schemas.errors import CheckpointError
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from fastsam_core.checkpoints import verify_checkpoint
 from fastsam_core.model import pick_device
+from schemas.errors import CheckpointError
 
 
 class Embedder(Protocol):
@@ -77,11 +78,13 @@ class ClipEmbedder:
         import open_clip
 
         if arch not in open_clip.list_models():
-            raise ValueError(f"CLIP architecture {arch!r} is unknown to open_clip; pick one of open_clip.list_models()")
+            raise CheckpointError(
+                f"CLIP architecture {arch!r} is unknown to open_clip; pick one of open_clip.list_models()"
+            )
         self.sha256: str | None = None  # of the weights file, once verified
         if weights is not None:
             if sha256 is None and not allow_unpinned:
-                raise ValueError(
+                raise CheckpointError(
                     f"CLIP weights {weights} have no pinned sha256; pin one (sha256=...) or allow unpinned files"
                 )
             self.sha256 = verify_checkpoint(weights, sha256, allow_unpinned=True)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fastsam_core.checkpoints import CheckpointError, known_checkpoint, verify_checkpoint
+from fastsam_core.checkpoints import known_checkpoint, verify_checkpoint
+from schemas.errors import CheckpointError
 
 if TYPE_CHECKING:
     from fastsam_core.onnx_net import OnnxNetwork

@@ -5,7 +5,7 @@
     demo     the whole pipeline offline: a loopback S3 endpoint, sample images, the small model
     segment  label local files with fastsam_core directly, one JSON line per mask
 
-Exit codes (EXIT_CODES): 0 done; 1 the run failed (or some file could not be read); 2 the job or
+Exit codes (schemas.errors): 0 done; 1 the run failed (or some file could not be read); 2 the job or
 its inputs are wrong; 3 nothing was labelled; 4 storage or the cluster cannot be reached or refuses
 access; 5 another flow holds the run. Errors are one line naming the object and the fix;
 `--debug` shows the traceback.
@@ -30,8 +30,9 @@ from schemas.params import EverythingParams
 
 
 def _segment(args: argparse.Namespace) -> int:
+    from schemas.errors import ImageError
     from schemas.job import ClipSpec, ModelSpec, SelectionSpec, parse_spec
-    from workers.decode import ImageError, decode_image
+    from workers.decode import decode_image
     from workers.stack import build_stack
 
     given = {"imgsz": args.imgsz, "conf": args.conf, "iou": args.iou, "max_det": args.max_det}
@@ -147,7 +148,8 @@ def run_job(job, run_id: str | None, incremental: bool, debug: bool = False) -> 
     Prefect and Ray start.
     """
     _offline_prefect()
-    from flows.label import RunFailedError, checked_job, label_collection
+    from flows.label import checked_job, label_collection
+    from schemas.errors import RunFailedError
     from schemas.fingerprint import fingerprint
     from schemas.layout import RunLayout
     from workers import runs
@@ -190,8 +192,8 @@ def _progress(output, layout) -> Iterator[None]:
     """A progress bar of done shards, read from the output store every second while the block runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from schemas.errors import StoreError
     from workers.runs import load_plan
-    from workers.store import StoreError
 
     bar = Progress(
         TextColumn("labelling shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
@@ -473,45 +475,6 @@ _RUN_HELP = """Label every image under the job's source and write the tables und
 Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""
 
 
-#: Exit codes of `run` (and `demo`), by what went wrong; the README's CLI table lists them.
-EXIT_CODES = {
-    "done": 0,
-    "failed": 1,  # some shard failed, or some file could not be read (segment)
-    "invalid": 2,  # the job or its inputs: a field, a weights file or hash, the prompt table, the source
-    "nothing": 3,  # nothing was labelled (export: the filters select nothing)
-    "unreachable": 4,  # storage or the cluster cannot be reached or refuses access
-    "busy": 5,  # another flow holds the run
-    "not_committed": 6,  # export: the run is not committed yet
-    "not_empty": 7,  # export: the destination holds files (no --force)
-}
-
-
-def exit_code_of(e: BaseException) -> int | None:
-    """The exit code for an error the CLI explains in one line; None for a bug (shown with its traceback)."""
-    from flows.prefect_server import PrefectServerError
-    from workers.cluster import ClusterError
-    from workers.committed import NothingSelectedError, RunNotCommittedError
-    from workers.export import DestinationNotEmptyError
-    from workers.export.labelstudio_api import LabelStudioError, LabelStudioProjectExistsError
-    from workers.lease import RunBusyError
-    from workers.pool import PoolError
-    from workers.store import ObjectNotFoundError, StoreError
-
-    if isinstance(e, RunBusyError):
-        return EXIT_CODES["busy"]
-    if isinstance(e, RunNotCommittedError):
-        return EXIT_CODES["not_committed"]
-    if isinstance(e, DestinationNotEmptyError | LabelStudioProjectExistsError):
-        return EXIT_CODES["not_empty"]
-    if isinstance(e, NothingSelectedError):
-        return EXIT_CODES["nothing"]
-    if isinstance(e, ObjectNotFoundError | ValueError):  # JobError, CheckpointError, PromptTableError, ...
-        return EXIT_CODES["invalid"]
-    if isinstance(e, StoreError | ClusterError | PoolError | PrefectServerError | LabelStudioError):
-        return EXIT_CODES["unreachable"]
-    return None
-
-
 class _OneLineErrors(logging.Filter):
     """Drops Prefect's error records of failed flow and task runs.
 
@@ -543,14 +506,23 @@ def _quiet_prefect() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `fastsam-label` console script."""
+    """Entry point of the `fastsam-label` console script (exit codes: schemas.errors)."""
+    from schemas.errors import exit_code_of
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except Exception as e:
-        code = exit_code_of(e)
-        if code is None or args.debug:
+        if args.debug:
             raise
+        code = exit_code_of(e)
+        if code is None:  # not raised on purpose: a bug
+            print(
+                f"error: unexpected {type(e).__name__}: {e}; this is a bug in fastsam-label: run the command again "
+                "with --debug for the traceback, and report it",
+                file=sys.stderr,
+            )
+            return 1
         print(f"error: {e}", file=sys.stderr)
         return code
 

@@ -25,15 +25,16 @@ from prefect.cache_policies import NONE
 from prefect.futures import wait
 from prefect.tasks import exponential_backoff
 
+from schemas.errors import RunBusyError, RunFailedError, StoreAccessError, is_transient
 from schemas.fingerprint import fingerprint
 from schemas.job import Job, parse_job
 from schemas.layout import RunLayout
 from schemas.manifest import RunSummary, ShardSummary
 from schemas.operator import OperatorPolicy
 from workers import runs
-from workers.lease import RunBusyError, RunLease
+from workers.lease import RunLease
 from workers.preflight import preflight
-from workers.store import ObjectStore, StoreAccessError, open_store
+from workers.store import ObjectStore, open_store
 
 
 def code_version() -> str:
@@ -44,21 +45,13 @@ def code_version() -> str:
         return "unknown"
 
 
-class RunFailedError(RuntimeError):
-    """Some shards failed; the run was not committed. `summary` says which and why."""
-
-    def __init__(self, message: str, summary: RunSummary):
-        super().__init__(message)
-        self.summary = summary
-
-
 def transient_only(task, task_run, state) -> bool:
-    """Prefect's retry condition: retry only errors that may pass (StoreError.transient, ShardError.transient)."""
+    """Prefect's retry condition: retry only errors that may pass (schemas.errors.is_transient)."""
     try:
         exc = state.result(raise_on_failure=False)
     except Exception:  # the result could not be read: do not guess
         return False
-    return bool(getattr(exc, "transient", False))
+    return is_transient(exc)
 
 
 @task(name="plan", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only, cache_policy=NONE)
@@ -188,7 +181,8 @@ def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease
         PoolError: no Labeler actor could start.
         RunBusyError: another flow took the run over.
     """
-    from workers.pool import PoolError, ShardError, pool_for
+    from schemas.errors import PoolError, ShardError
+    from workers.pool import pool_for
 
     failed: dict[int, str] = {}
     labelled = 0

@@ -21,9 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-
-class PrefectServerError(RuntimeError):
-    """The temporary Prefect server did not come up."""
+from schemas.errors import PrefectServerError
 
 
 def _free_port() -> int:

@@ -3,7 +3,8 @@
 Imported by every other package; imports none of them.
 """
 
-from schemas.job import Job, JobError, load_job, parse_job
+from schemas.errors import JobError, SchemaVersionError
+from schemas.job import Job, load_job, parse_job
 from schemas.layout import RunLayout, check_run_id
 from schemas.manifest import RunManifest, RunSummary, ShardMarker, ShardState, ShardSummary
 from schemas.tables import (
@@ -12,7 +13,6 @@ from schemas.tables import (
     PROMPTS_SCHEMA,
     SCHEMA_VERSION,
     ImageStatus,
-    SchemaVersionError,
     check_table,
     image_id,
 )

@@ -22,6 +22,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from wcmatch import glob as wcglob
 
+from schemas.errors import DuplicateKeyError, JobError
 from schemas.params import EverythingParams
 
 #: Prefix of environment variables that override job fields; `__` separates nesting levels:
@@ -40,10 +41,6 @@ UNLABELLED = "unlabelled"
 #: Glob flags of `SourceSpec.include`: `*`, `?` and `[...]` stay within one folder, `**` spans any
 #: number of folders (none included), `{a,b}` alternates; case-sensitive; dot-files match like others.
 _GLOB_FLAGS = wcglob.GLOBSTAR | wcglob.CASE | wcglob.BRACE | wcglob.DOTGLOB
-
-
-class JobError(ValueError):
-    """A job that cannot run. The message lists every bad field with its fix."""
 
 
 def job_error(what: str, problems: list[str]) -> JobError:
@@ -469,10 +466,6 @@ def parse_job(data: Mapping, environ: Mapping[str, str] | None = None, origin: s
     except ValidationError as e:
         lines = [_describe(err) for err in e.errors(include_url=False)]
         raise job_error(f"{origin} is not valid", lines) from None
-
-
-class DuplicateKeyError(ValueError):
-    """A mapping in a job file names one key twice."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from schemas.errors import LayoutError
+
 #: Output tables written per shard.
 TABLES = ("images", "masks", "prompts")
 #: Folder of the run folders under the output.
@@ -35,10 +37,6 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ATTEMPT = re.compile(r"^[a-z0-9-]{1,64}$")
 _SHARD = re.compile(r"^shard-(\d{5,})\.(parquet|json)$")
 _INDEX_FILE = re.compile(r"^(part|base)-(.+)\.parquet$")
-
-
-class LayoutError(ValueError):
-    """A run id, shard number or attempt id that cannot be part of a key."""
 
 
 def check_run_id(run_id: str) -> str:

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict
 
-from schemas.job import Job, JobError, job_error, normalize_uri
+from schemas.errors import JobError
+from schemas.job import Job, job_error, normalize_uri
 
 ENV_ALLOW_UNPINNED = "FASTSAM_LABEL_ALLOW_UNPINNED"
 ENV_RAY_ADDRESS = "FASTSAM_LABEL_RAY_ADDRESS"

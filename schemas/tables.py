@@ -16,6 +16,8 @@ from enum import StrEnum
 
 import pyarrow as pa
 
+from schemas.errors import SchemaVersionError
+
 SCHEMA_VERSION = "1"
 VERSION_KEY = b"fastsam_label.schema_version"
 TABLE_KEY = b"fastsam_label.table"
@@ -149,10 +151,6 @@ def with_attempt(table: pa.Table, run_id: str, shard_id: int, attempt_id: str) -
     meta = dict(table.schema.metadata or {})
     meta.update({ATTEMPT_KEY: attempt_id.encode(), RUN_KEY: run_id.encode(), SHARD_KEY: str(shard_id).encode()})
     return table.replace_schema_metadata(meta)
-
-
-class SchemaVersionError(ValueError):
-    """A table written by a schema this code does not read."""
 
 
 def check_table(table: pa.Table | pa.Schema, expected: str) -> None:

@@ -1,7 +1,8 @@
 import pytest
 
-from fastsam_core import KNOWN_CHECKPOINTS, TINY_CHECKPOINT, CheckpointError, verify_checkpoint
+from fastsam_core import KNOWN_CHECKPOINTS, TINY_CHECKPOINT, verify_checkpoint
 from fastsam_core.checkpoints import known_checkpoint, sha256_file
+from schemas.errors import CheckpointError
 
 
 def test_registry_holds_published_fastsam_hashes():

@@ -5,9 +5,10 @@ import torch
 from PIL import Image
 
 from fastsam_core import ClipEmbedder, score_masks
-from fastsam_core.checkpoints import CheckpointError, sha256_file
+from fastsam_core.checkpoints import sha256_file
 from fastsam_core.scoring import mask_crops
 from fastsam_core.testing.synthetic import make_scene
+from schemas.errors import CheckpointError
 from tests.helpers import batch_from_masks
 
 ARCH = "ViT-S-32"  # a real open_clip architecture, small enough for the CPU
@@ -60,11 +61,11 @@ def test_crops_fill_outside_the_mask():
 
 
 def test_unpinned_or_wrong_weights_are_refused(clip_weights):
-    with pytest.raises(ValueError, match="no pinned sha256"):
+    with pytest.raises(CheckpointError, match="no pinned sha256"):
         ClipEmbedder(ARCH, clip_weights)
     with pytest.raises(CheckpointError, match="not the one you pinned"):
         ClipEmbedder(ARCH, clip_weights, sha256="1" * 64)
-    with pytest.raises(ValueError, match="unknown to open_clip"):
+    with pytest.raises(CheckpointError, match="unknown to open_clip"):
         ClipEmbedder("ViT-Nope", clip_weights)
 
 

@@ -8,11 +8,12 @@ import pyarrow.dataset as ds
 import pytest
 
 from schemas import RunLayout, parse_job
+from schemas.errors import StoreError, StoreUnavailableError
 from tests.helpers import plan_for, scene_bytes, with_attempt_file
 from workers import commit, runs
 from workers.labeler import Labeler
 from workers.shards import read_parquet, read_shard_list
-from workers.store import LocalStore, ObjectInfo, StoreError, StoreUnavailableError
+from workers.store import LocalStore, ObjectInfo
 
 RUN = RunLayout("r")
 

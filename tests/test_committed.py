@@ -8,10 +8,10 @@ import pytest
 
 from flows.cli import main
 from schemas import RunLayout
+from schemas.errors import RunDamagedError
 from tests.synthetic_run import make_run
 from workers import index
 from workers.committed import CommittedRun
-from workers.shards import RunDamagedError
 from workers.store import LocalStore
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from schemas.errors import ImageError
 from tests.corpus import corpus, png_claiming
-from workers.decode import ImageError, decode_image
+from workers.decode import decode_image
 
 CORPUS = corpus()
 

@@ -220,8 +220,7 @@ def test_a_healthy_run_listens_on_loopback_only_and_prints_no_warnings(tmp_path)
 
 
 def test_a_source_with_nothing_to_label_is_refused_before_anything_is_written(tmp_path):
-    from schemas import JobError
-    from workers.runs import EmptySourceError
+    from schemas.errors import EmptySourceError, JobError
 
     src = tmp_path / "src"
     src.mkdir()

@@ -159,7 +159,7 @@ def test_bad_params_are_refused(kwargs, message):
 
 
 def test_unpinned_model_is_refused(random_checkpoint):
-    from fastsam_core import CheckpointError
+    from schemas.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="not a known checkpoint"):
         FastSAMModel.load(random_checkpoint)

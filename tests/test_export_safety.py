@@ -9,10 +9,11 @@ import pytest
 import yaml
 
 from flows.cli import main
+from schemas.errors import ExportOptionsError, UnsafeKeyError
 from tests.synthetic_run import make_run
-from workers.export.base import ExportOptions, ExportOptionsError, unlabelled_name
+from workers.export.base import ExportOptions, unlabelled_name
 from workers.export.labelstudio import PALETTE, UNLABELLED_COLOUR, image_url, label_colours
-from workers.export.paths import PathClaims, UnsafeKeyError, relative_path
+from workers.export.paths import PathClaims, relative_path
 from workers.store import LocalStore
 
 LONG = "n" * 300 + ".jpg"

@@ -193,7 +193,7 @@ def test_a_failed_shard_is_labelled_once_and_blocks_the_commit(tmp_path, prefect
 
 
 def test_a_bad_prompt_table_fails_the_run_before_any_work(tmp_path, prefect_harness):
-    from workers.sidecar import PromptTableError
+    from schemas.errors import PromptTableError
 
     (tmp_path / "src").mkdir()
     (tmp_path / "p.jsonl").write_text('{"key": "a.jpg", "box": [5, 5, 1, 1]}\n')

@@ -4,7 +4,8 @@ from contextlib import nullcontext as does_not_raise
 import pytest
 import yaml
 
-from schemas import Job, JobError, load_job, parse_job
+from schemas import Job, load_job, parse_job
+from schemas.errors import JobError
 
 BASE = {"source": {"uri": "s3://bucket/images"}, "output": "s3://bucket/labels"}
 

@@ -2,16 +2,8 @@
 
 import pytest
 
-from schemas.layout import (
-    LayoutError,
-    RunLayout,
-    check_run_id,
-    index_base_key,
-    index_part_key,
-    parse_index_key,
-    parse_shard,
-    run_of,
-)
+from schemas.errors import LayoutError
+from schemas.layout import RunLayout, check_run_id, index_base_key, index_part_key, parse_index_key, parse_shard, run_of
 from workers.runs import new_run_id
 
 

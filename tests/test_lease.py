@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import RunLayout
-from workers.lease import LeaseRecord, RunBusyError, RunLease
+from schemas.errors import RunBusyError
+from workers.lease import LeaseRecord, RunLease
 from workers.store import LocalStore
 
 RUN = RunLayout("r")

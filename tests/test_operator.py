@@ -3,7 +3,8 @@
 import pytest
 
 from flows.label import checked_job
-from schemas import JobError, parse_job
+from schemas import parse_job
+from schemas.errors import JobError
 from schemas.operator import OperatorPolicy
 
 BASE = {"source": {"uri": "s3://in/x"}, "output": "s3://out/y"}
@@ -70,8 +71,7 @@ def test_prefect_retries_only_what_may_pass(error, retried):
     from prefect.states import Failed
 
     from flows.label import transient_only
-    from workers.pool import ShardError
-    from workers.store import ObjectNotFoundError, StoreAccessError, StoreUnavailableError
+    from schemas.errors import ObjectNotFoundError, ShardError, StoreAccessError, StoreUnavailableError
 
     exc = {
         "StoreUnavailableError": StoreUnavailableError("x: SlowDown"),

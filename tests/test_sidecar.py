@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workers.sidecar import PromptTableError, parse_prompt_table
+from schemas.errors import PromptTableError
+from workers.sidecar import parse_prompt_table
 
 
 def _jsonl(rows) -> bytes:

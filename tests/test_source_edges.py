@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas import RunLayout, parse_job
+from schemas.errors import NotAFileError, ReadDeadlineError
 from tests.helpers import plan_for, scene_bytes
 from workers import runs
 from workers.labeler import Labeler
 from workers.shards import list_source
-from workers.store import LocalStore, NotAFileError, ReadDeadlineError, read_with_deadline
+from workers.store import LocalStore, read_with_deadline
 
 
 def _source(tmp_path):

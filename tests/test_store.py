@@ -3,16 +3,9 @@ import pickle
 import boto3
 import pytest
 
+from schemas.errors import ObjectNotFoundError, ObjectTooLargeError, StoreError, UnsafeKeyError
 from schemas.job import StorageSpec
-from workers.store import (
-    LocalStore,
-    ObjectNotFoundError,
-    ObjectTooLargeError,
-    S3Store,
-    StoreError,
-    open_store,
-    safe_key,
-)
+from workers.store import LocalStore, S3Store, open_store, safe_key
 
 KEYS = ["plain.jpg", "with space/a b.jpg", "ünïcode/場面.png", "deep/a/b/c/d.jpg", "x/+&=;,@$#.jpg"]
 
@@ -58,7 +51,7 @@ def test_byte_limit_is_enforced_without_reading_everything(tmp_path, s3_endpoint
 @pytest.mark.parametrize("key", ["../escape.parquet", "a/../../b", "/abs", "a//b", "a\\b", "", "./a", "a/."])
 def test_writes_cannot_leave_the_root(tmp_path, s3_endpoint, bucket, kind, key):
     store = _stores(tmp_path, s3_endpoint, bucket)[kind]
-    with pytest.raises(ValueError, match="refusing"):
+    with pytest.raises(UnsafeKeyError, match="refusing"):
         store.put(key, b"x")
     assert list(store.list()) == []
     assert not (tmp_path / "escape.parquet").exists()
@@ -67,7 +60,7 @@ def test_writes_cannot_leave_the_root(tmp_path, s3_endpoint, bucket, kind, key):
 def test_local_reads_cannot_leave_the_root(tmp_path):
     (tmp_path / "secret").write_bytes(b"s")
     store = LocalStore(tmp_path / "root")
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(UnsafeKeyError, match="outside"):
         store.get("../secret")
 
 
@@ -79,7 +72,7 @@ def test_safe_key(parts, ok):
     if ok:
         assert safe_key(*parts) == "/".join(parts)
     else:
-        with pytest.raises(ValueError):
+        with pytest.raises(UnsafeKeyError):
             safe_key(*parts)
 
 

@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas import IMAGES_SCHEMA, MASKS_SCHEMA, SCHEMA_VERSION, SchemaVersionError, check_table, image_id
+from schemas import IMAGES_SCHEMA, MASKS_SCHEMA, SCHEMA_VERSION, check_table, image_id
+from schemas.errors import SchemaVersionError
 
 
 def test_image_id_is_stable_and_distinct():

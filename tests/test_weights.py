@@ -3,9 +3,8 @@ import hashlib
 import boto3
 import pytest
 
-from fastsam_core.checkpoints import CheckpointError
+from schemas.errors import CheckpointError, StoreError
 from schemas.job import StorageSpec
-from workers.store import StoreError
 from workers.weights import resolve_weights
 
 DATA = b"pretend these are weights" * 1000

@@ -22,18 +22,11 @@ import shutil
 import threading
 from collections.abc import Iterator
 
+from schemas.errors import ClusterError, ClusterSettingError
 from workers import reaper
 
 #: Ray's environment variables for authentication.
 _AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-
-
-class ClusterError(RuntimeError):
-    """The Ray cluster cannot be started or reached; the message says how to fix it."""
-
-
-class ClusterSettingError(ClusterError, ValueError):
-    """The environment asks for something the private cluster refuses (exit 2 in the CLI)."""
 
 
 def address_for(ray_address: str | None) -> str | None:

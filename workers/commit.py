@@ -24,21 +24,18 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from schemas.errors import ObjectNotFoundError, ShardCommitError, TableError
 from schemas.layout import RunLayout
 from schemas.manifest import ShardMarker, ShardSummary, TableFile
 from schemas.tables import ATTEMPT_KEY, with_attempt
 from workers.rows import ShardPart, shard_summary
 from workers.shards import parquet_bytes
-from workers.store import ObjectNotFoundError, ObjectStore
+from workers.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
 #: Bytes fetched from a file's end to read its Parquet footer in one request, usually.
 _FOOTER_GUESS = 64 * 1024
-
-
-class ShardCommitError(RuntimeError):
-    """A shard's published files cannot be made to match its marker; the message names the fix."""
 
 
 def new_attempt_id() -> str:
@@ -142,11 +139,11 @@ def footer(store: ObjectStore, key: str) -> tuple[dict[bytes, bytes], int]:
 
     Raises:
         ObjectNotFoundError: no such object.
-        ValueError, pyarrow.ArrowException: not a Parquet file.
+        TableError, pyarrow.ArrowException: not a Parquet file.
     """
     tail = store.tail(key, _FOOTER_GUESS)
     if len(tail) < 12 or tail[-4:] != b"PAR1":
-        raise ValueError(f"{store.uri_of(key)} is not a Parquet file")
+        raise TableError(f"{store.uri_of(key)} is not a Parquet file")
     length = int.from_bytes(tail[-8:-4], "little")
     if length + 8 > len(tail):
         tail = store.tail(key, length + 8)

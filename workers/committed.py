@@ -16,26 +16,23 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.errors import (
+    JobError,
+    ObjectNotFoundError,
+    RunDamagedError,
+    RunNotCommittedError,
+    RunNotFoundError,
+    StoreError,
+    TableError,
+)
 from schemas.fingerprint import InputHashes, differences, fingerprint
-from schemas.job import JobError, StorageSpec, parse_job
+from schemas.job import StorageSpec, parse_job
 from schemas.layout import RunLayout
 from schemas.manifest import RunManifest, ShardState
 from schemas.tables import ImageStatus
 from workers import commit, runs
-from workers.shards import DAMAGED_FIX, RunDamagedError, check_footer, read_shard_table
-from workers.store import ObjectNotFoundError, ObjectStore, open_store
-
-
-class RunNotFoundError(ValueError):
-    """No run of that id under the output."""
-
-
-class RunNotCommittedError(RuntimeError):
-    """The run exists but is not committed; the message says how to finish it."""
-
-
-class NothingSelectedError(ValueError):
-    """The filters leave nothing to export."""
+from workers.shards import DAMAGED_FIX, check_footer, read_shard_table
+from workers.store import ObjectStore, open_store
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,9 @@ class CommittedRun:
                     meta, n = commit.footer(self.output, key)
                 except ObjectNotFoundError:
                     raise RunDamagedError(f"{where} is missing: {DAMAGED_FIX}") from None
-                except (ValueError, pa.ArrowException, OSError) as e:
+                except StoreError:
+                    raise
+                except (TableError, pa.ArrowException, OSError) as e:
                     raise RunDamagedError(f"{where} is not a readable Parquet file ({e}): {DAMAGED_FIX}") from None
                 check_footer(where, meta, n, self.layout, state.shard_id, state.attempt_id, _rows(state, name))
 
@@ -214,7 +213,7 @@ def check_manifest(manifest: RunManifest, plan: runs.Plan | None, where: str) ->
             hashes = InputHashes(model=fp.get("model.sha256") or "?", clip=fp.get("clip.sha256"),
                                  prompt_table=fp.get("prompt_table.sha256"))  # fmt: skip
             own = fingerprint(parse_job(manifest.job, environ={}), hashes)
-        except (JobError, ValueError) as e:
+        except JobError as e:
             problems.append(f"its job does not validate ({e})")
         else:
             differ = differences(fp, own)

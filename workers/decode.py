@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from schemas.errors import ImageError
+
 if TYPE_CHECKING:
     from workers.readahead import PixelHold
 
@@ -46,14 +48,6 @@ def _pil_open():
     """
     patched = sys.modules.get("ultralytics.utils.patches")
     return getattr(patched, "_image_open", Image.open) if patched is not None else Image.open
-
-
-class ImageError(Exception):
-    """An object that could not become an image. `kind` is one of the module's failure kinds."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,11 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.errors import ObjectNotFoundError, StoreUnavailableError
 from schemas.layout import INDEX, RUNS, RunLayout, index_base_key, index_part_key, parse_index_key, run_of
 from schemas.tables import INDEX_SCHEMA, ImageStatus
 from workers.shards import parquet_bytes, read_parquet
-from workers.store import ObjectNotFoundError, ObjectStore
+from workers.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def load(output: ObjectStore) -> pa.Table:
             return pa.concat_tables([_EMPTY, *(read_parquet(output, k, "index") for k in keys)])
         except ObjectNotFoundError:  # compacted away while we read: list again
             continue
-    raise RuntimeError(f"the index under {output.uri_of(INDEX)} kept changing while it was read; try again")
+    raise StoreUnavailableError(f"the index under {output.uri_of(INDEX)} kept changing while it was read; try again")
 
 
 def uris(source: ObjectStore, keys: pa.ChunkedArray | pa.Array, chunk: int = 100_000) -> pa.ChunkedArray:

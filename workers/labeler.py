@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from schemas.errors import NotAFileError, ObjectTooLargeError, StoreError
 from schemas.job import Job
 from schemas.layout import RunLayout
 from schemas.manifest import ShardSummary
@@ -29,16 +30,7 @@ from workers.readahead import PixelBudget, PixelHold, ShapeBatcher, read_ahead
 from workers.shards import read_shard_list
 from workers.sidecar import ImagePrompt, load_prompt_table
 from workers.stack import ModelStack, stack_for
-from workers.store import (
-    NotAFileError,
-    ObjectInfo,
-    ObjectStore,
-    ObjectTooLargeError,
-    StoreError,
-    display_key,
-    open_store,
-    read_with_deadline,
-)
+from workers.store import ObjectInfo, ObjectStore, display_key, open_store, read_with_deadline
 
 
 class Labeler:

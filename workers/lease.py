@@ -19,14 +19,11 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
+from schemas.errors import ObjectNotFoundError, RunBusyError, StoreError
 from schemas.layout import RunLayout
-from workers.store import ObjectNotFoundError, ObjectStore, StoreError
+from workers.store import ObjectStore
 
 log = logging.getLogger(__name__)
-
-
-class RunBusyError(RuntimeError):
-    """Another flow holds the run (or took it over); the message names it and what to do."""
 
 
 class LeaseRecord(BaseModel):

@@ -25,33 +25,16 @@ import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
+from schemas.errors import PoolError, ShardError
 from schemas.job import Job
 from schemas.layout import RunLayout
 from schemas.manifest import ShardSummary
 from schemas.tables import ImageStatus, image_id
 from workers import cluster, commit, rows
 from workers.shards import read_shard_list
-from workers.store import ObjectInfo, StoreError, display_key, open_store
+from workers.store import ObjectInfo, display_key, open_store
 
 log = logging.getLogger(__name__)
-
-
-class PoolError(RuntimeError):
-    """The pool cannot label: no actor could start."""
-
-
-class ShardError(RuntimeError):
-    """Labelling a shard raised inside the actor (not an actor death).
-
-    Attributes:
-        cause: the exception the Labeler raised.
-        transient: whether trying again later may pass (the store was unavailable).
-    """
-
-    def __init__(self, message: str, cause: BaseException | None = None):
-        super().__init__(message)
-        self.cause = cause
-        self.transient = isinstance(cause, StoreError) and cause.transient
 
 
 class LabelerActor:

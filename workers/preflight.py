@@ -17,12 +17,13 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from fastsam_core.checkpoints import TINY_CHECKPOINT, CheckpointError, verify_checkpoint
+from fastsam_core.checkpoints import TINY_CHECKPOINT, verify_checkpoint
+from schemas.errors import CheckpointError, StoreError
 from schemas.fingerprint import InputHashes
 from schemas.job import Job
 from schemas.layout import RunLayout
 from workers.sidecar import parse_prompt_table, prompt_table_bytes
-from workers.store import StoreError, check_writable, open_store
+from workers.store import check_writable, open_store
 from workers.weights import resolve_weights
 
 #: Attempts per store request during the preflight (botocore's, with its backoff).

@@ -23,13 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pycocotools import mask as mask_utils
 
+from schemas.errors import ImageError, StoreError, UnsafeKeyError
 from schemas.layout import RunLayout
 from schemas.manifest import RunManifest
 from schemas.stats import AREA_STEP, MaskStats
 from schemas.tables import ImageStatus
-from workers.decode import ImageError, decode_image
+from workers.decode import decode_image
 from workers.shards import read_shard_table
-from workers.store import ObjectStore, StoreError
+from workers.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def build(
             data, _ = source.read(r["key"], max_bytes=max_bytes)
             rgb = decode_image(data, r["key"], max_pixels, draft=THUMB).rgb
             picture = _thumbnail(rgb, (r["height"], r["width"]), mine)
-        except (StoreError, ImageError, ValueError) as e:  # the source changed since the run: say so, keep going
+        except (StoreError, ImageError, UnsafeKeyError) as e:  # the source changed since the run: say so, keep going
             picture = f'<div class="placeholder">source unreadable now: {_e(e)}</div>'
         text = f"{r['key']} · {len(mine)} masks{caption}"
         return f'<figure class="thumb">{picture}<figcaption>{_e(text)}</figcaption></figure>'

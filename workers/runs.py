@@ -17,30 +17,19 @@ from datetime import UTC, datetime
 import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
+from schemas.errors import EmptySourceError, ObjectNotFoundError, RunDamagedError, RunIncompleteError, RunMismatchError
 from schemas.fingerprint import differences
-from schemas.job import Job, JobError
+from schemas.job import Job
 from schemas.layout import RunLayout, parse_shard
 from schemas.manifest import ListErrors, RunManifest, RunState, RunSummary, ShardMarker, ShardState
 from workers import commit, index, report
-from workers.shards import RunDamagedError, list_source, read_parquet, write_shard_list
-from workers.store import ObjectNotFoundError, ObjectStore, open_store
+from workers.shards import list_source, read_parquet, write_shard_list
+from workers.store import ObjectStore, open_store
 
 #: Parallel requests when a commit reads or repairs many shards.
 _IO_THREADS = 16
 #: Folders that could not be listed named in a plan (the rest are counted).
 _LISTED_ERRORS = 20
-
-
-class RunMismatchError(JobError):
-    """The run id was planned by a job with another fingerprint."""
-
-
-class EmptySourceError(JobError):
-    """The source lists no object the job would label."""
-
-
-class RunIncompleteError(RuntimeError):
-    """The run cannot be committed: some shards are not done."""
 
 
 class Plan(BaseModel):
@@ -171,7 +160,7 @@ def plan_run(
         other = load_plan(output, layout)
         if other is not None:
             check_same_job(other, fingerprint)
-        from workers.lease import RunBusyError
+        from schemas.errors import RunBusyError
 
         raise RunBusyError(f"run {layout.run_id} was planned by another flow at the same time; let that flow finish")
     return plan

@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from schemas.errors import ObjectNotFoundError, RunDamagedError, SchemaVersionError, TableError
 from schemas.job import SourceSpec
 from schemas.layout import RunLayout
 from schemas.tables import ATTEMPT_KEY, RUN_KEY, SHARD_KEY, SHARD_SCHEMA, check_table
-from workers.store import ObjectInfo, ObjectNotFoundError, ObjectStore
+from workers.store import ObjectInfo, ObjectStore
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -19,10 +20,6 @@ def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
-
-
-class TableError(ValueError):
-    """An object that should hold one of our tables does not; the message names it."""
 
 
 def read_parquet(store: ObjectStore, key: str, expected: str) -> pa.Table:
@@ -35,13 +32,9 @@ def read_parquet(store: ObjectStore, key: str, expected: str) -> pa.Table:
     try:
         table = pq.read_table(io.BytesIO(data))
         check_table(table, expected)
-    except (pa.ArrowException, ValueError) as e:
+    except (pa.ArrowException, ValueError, SchemaVersionError) as e:
         raise TableError(f"{store.uri_of(key)} is not a readable {expected} table ({e})") from None
     return table
-
-
-class RunDamagedError(ValueError):
-    """A committed run's files are missing, damaged or not the ones its manifest names; the message names one."""
 
 
 #: What to do about a damaged run, for RunDamagedError messages.

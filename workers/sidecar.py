@@ -22,11 +22,8 @@ import pyarrow as pa
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from schemas.errors import PromptTableError
 from schemas.job import Job
-
-
-class PromptTableError(ValueError):
-    """The prompt table cannot be used; the message names the row and the fix."""
 
 
 @dataclass(frozen=True)
@@ -108,7 +105,8 @@ def prompt_table_bytes(job: Job) -> bytes:
     Raises:
         PromptTableError: it cannot be read, or its hash differs from the pinned one.
     """
-    from workers.store import StoreError, open_store, split_s3_uri
+    from schemas.errors import StoreError
+    from workers.store import open_store, split_s3_uri
 
     uri = job.prompt_table
     try:

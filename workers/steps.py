@@ -18,9 +18,10 @@ import torch
 from fastsam_core import NO_MASK, MaskBatch, merge_by_points, select_by_boxes, select_by_points
 from fastsam_core import rle as rle_utils
 from fastsam_core.prompts import box_iou
+from schemas.errors import ImageError
 from schemas.tables import ImageStatus
 from workers import rows
-from workers.decode import ImageError, decode_image
+from workers.decode import decode_image
 from workers.readahead import PixelHold
 from workers.sidecar import ImagePrompt
 from workers.stack import ModelStack

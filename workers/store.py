@@ -26,45 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from schemas.errors import (
+    NotAFileError,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    ReadDeadlineError,
+    StoreAccessError,
+    StoreError,
+    StoreUnavailableError,
+    UnsafeKeyError,
+    UriError,
+)
 from schemas.job import StorageSpec
 
 _TMP_PREFIX = ".fastsam-tmp-"
-
-
-class StoreError(OSError):
-    """An object could not be read or written; the message names it and says why.
-
-    `transient` tells whether trying again later may succeed (the store was unavailable or slow
-    after every retry), as opposed to a refusal that repeats until someone fixes something.
-    """
-
-    transient = False
-
-
-class ObjectNotFoundError(StoreError):
-    """The object does not exist."""
-
-
-class ObjectTooLargeError(StoreError):
-    """The object is bigger than the caller's byte limit."""
-
-
-class StoreAccessError(StoreError):
-    """The store refuses us or does not exist: wrong credentials, no permission, no such bucket."""
-
-
-class StoreUnavailableError(StoreError):
-    """The store could not be reached or kept failing (timeouts, resets, 5xx, SlowDown) after every retry."""
-
-    transient = True
-
-
-class NotAFileError(StoreError):
-    """A local source entry that is not a regular file (a named pipe, socket or device): never read."""
-
-
-class ReadDeadlineError(StoreError):
-    """An object was not read whole within storage.object_timeout_s."""
 
 
 class _BodyCutShortError(Exception):
@@ -155,10 +130,10 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
         ValueError: not an s3:// URI, or no bucket.
     """
     if not uri.startswith("s3://"):
-        raise ValueError(f"expected an s3:// URI, but got {uri!r}")
+        raise UriError(f"expected an s3:// URI, but got {uri!r}")
     bucket, _, rest = uri[5:].partition("/")
     if not bucket:
-        raise ValueError(f"{uri!r} has no bucket; write s3://BUCKET/PREFIX")
+        raise UriError(f"{uri!r} has no bucket; write s3://BUCKET/PREFIX")
     return bucket, rest
 
 
@@ -176,7 +151,7 @@ def safe_key(*parts: str) -> str:
     key = "/".join(parts)
     segments = key.split("/")
     if not key or any(s in ("", ".", "..") for s in segments) or "\\" in key or "\x00" in key:
-        raise ValueError(f"refusing object key {key!r}: keys must be relative, without '..', '.', '//' or '\\'")
+        raise UnsafeKeyError(f"refusing object key {key!r}: keys must be relative, without '..', '.', '//' or '\\'")
     return key
 
 
@@ -190,7 +165,7 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if path != self.root and self.root not in path.parents:
-            raise ValueError(f"refusing key {key!r}: it resolves outside {self.root}")
+            raise UnsafeKeyError(f"refusing key {key!r}: it resolves outside {self.root}")
         return path
 
     def list(self, prefix: str = "", skipped: list[str] | None = None) -> Iterator[ObjectInfo]:

@@ -17,7 +17,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from fastsam_core.checkpoints import CheckpointError, sha256_file
+from fastsam_core.checkpoints import sha256_file
+from schemas.errors import CheckpointError
 from schemas.job import StorageSpec
 
 #: Cache folder unless FASTSAM_LABEL_CACHE says otherwise.
@@ -53,7 +54,8 @@ def resolve_weights(
         return path
     if sha256 is None and not allow_unpinned:
         raise CheckpointError(f"{uri} has no pinned sha256; pin one, or allow unpinned weights")
-    from workers.store import ObjectNotFoundError, S3Store, split_s3_uri
+    from schemas.errors import ObjectNotFoundError
+    from workers.store import S3Store, split_s3_uri
 
     bucket, key = split_s3_uri(uri)
     name = Path(key).name

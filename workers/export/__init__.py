@@ -17,27 +17,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from schemas.errors import ExportOptionsError, NothingSelectedError
 from schemas.job import StorageSpec
-from workers.committed import CommittedRun, NothingSelectedError
+from workers.committed import CommittedRun
 from workers.export.base import (
     FORMATS,
     ExportOptions,
-    ExportOptionsError,
     ExportSummary,
     Stage,
     label_names,
     labelled_images,
     unlabelled_name,
 )
-from workers.export.destination import DestinationNotEmptyError, ExportManifestError, check_destination, publish
+from workers.export.destination import check_destination, publish
 from workers.store import LocalStore, open_store
 
 __all__ = [
     "FORMATS",
-    "DestinationNotEmptyError",
-    "ExportManifestError",
     "ExportOptions",
-    "ExportOptionsError",
     "ExportSummary",
     "export_run",
     "label_names",
@@ -49,7 +46,7 @@ __all__ = [
 def export_run(output: str, run_id: str, options: ExportOptions, storage: StorageSpec | None = None) -> ExportSummary:
     """Export a committed run (see the module docstring).
 
-    Raises:
+    Raises (schemas.errors):
         RunNotFoundError, RunNotCommittedError, RunDamagedError: the run cannot be exported (yet).
         ExportOptionsError: options that do not fit the run (e.g. --images link with an S3 source).
         DestinationNotEmptyError: the destination holds files and `force` is off, or files this

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from schemas.errors import ExportOptionsError, UnsafeKeyError
 from schemas.job import UNLABELLED
 from schemas.tables import ImageStatus
 from workers.committed import CommittedRun, MaskFilter
-from workers.export.paths import PathClaims, UnsafeKeyError, relative_path
+from workers.export.paths import PathClaims, relative_path
 from workers.store import display_key
 
 #: Export formats, by the name `--to` takes.
@@ -31,10 +32,6 @@ IMAGE_MODES = ("copy", "link", "none")
 URL_FIELDS = ("key", "uri", "path")
 #: Refused or renamed objects named one by one in a summary and an export manifest (the rest are counted).
 LISTED = 1000
-
-
-class ExportOptionsError(ValueError):
-    """Export options that cannot work together; the message names the flag and the fix."""
 
 
 @dataclass(frozen=True)

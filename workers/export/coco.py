@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 
+from schemas.errors import PathCollisionError
 from workers.committed import CommittedRun
 from workers.export.base import (
     LISTED,
@@ -34,7 +35,7 @@ from workers.export.base import (
     labelled_images,
     unlabelled_name,
 )
-from workers.export.paths import PathCollisionError, disambiguated
+from workers.export.paths import disambiguated
 
 NAME = "annotations.json"
 CVAT_NAME, CVAT_IMAGES = "annotations/instances_default.json", "images/default/"

@@ -17,19 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from schemas.errors import DestinationNotEmptyError, ExportManifestError, ObjectNotFoundError, StoreError
 from workers.export.base import ExportOptions, ExportSummary, Stage
-from workers.store import LocalStore, ObjectNotFoundError, ObjectStore, StoreError, check_writable
+from workers.store import LocalStore, ObjectStore, check_writable
 
 #: Parallel uploads and image copies.
 _IO_THREADS = 16
-
-
-class DestinationNotEmptyError(RuntimeError):
-    """The destination holds files this export may not replace; the message says how to go on."""
-
-
-class ExportManifestError(ValueError):
-    """An export manifest at the destination that cannot be read; the message names it."""
 
 
 def manifest_key(to: str) -> str:

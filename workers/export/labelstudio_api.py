@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import httpx
 
+from schemas.errors import LabelStudioError, LabelStudioProjectExistsError
 from schemas.job import normalize_uri
 from workers.committed import CommittedRun
 from workers.export.base import ExportOptions, Stage
@@ -29,14 +30,6 @@ from workers.export.labelstudio import CONFIG, TASKS_LINES
 TOKEN_ENV = "LABEL_STUDIO_API_KEY"
 #: Tasks per import request (a request of a few MB; Label Studio advises against very large ones).
 CHUNK = 200
-
-
-class LabelStudioError(RuntimeError):
-    """The Label Studio server cannot be reached, or refused a request; the message says what to do."""
-
-
-class LabelStudioProjectExistsError(LabelStudioError):
-    """A project with the requested title exists and --force was not given."""
 
 
 class _Client:

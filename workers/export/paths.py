@@ -25,15 +25,13 @@ import hashlib
 import sqlite3
 from pathlib import PurePosixPath
 
+from schemas.errors import PathCollisionError, UnsafeKeyError
+
 #: Longest file or folder name taken from a key, in UTF-8 bytes (255 is the usual limit; exports
 #: append suffixes such as "~1a2b3c4d" or ".txt").
 MAX_NAME_BYTES = 200
 #: Longest key turned into a path, in UTF-8 bytes.
 MAX_PATH_BYTES = 1024
-
-
-class UnsafeKeyError(ValueError):
-    """A key that cannot be a relative path inside an export; the message says why."""
 
 
 def relative_path(key: str) -> str:
@@ -69,10 +67,6 @@ def disambiguated(path: str, key: str) -> str:
     p = PurePosixPath(path)
     digest = hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
     return str(p.with_name(f"{p.stem}~{digest}{p.suffix}"))
-
-
-class PathCollisionError(ValueError):
-    """Two keys want one file of an export (or one needs a folder where the other is a file)."""
 
 
 class PathClaims:

@@ -29,6 +29,7 @@ import yaml
 from pycocotools import mask as mask_utils
 
 from fastsam_core.formats import largest_polygon
+from schemas.errors import PathCollisionError
 from workers.committed import CommittedRun
 from workers.export.base import (
     LISTED,
@@ -39,7 +40,7 @@ from workers.export.base import (
     labelled_images,
     unlabelled_name,
 )
-from workers.export.paths import PathCollisionError, disambiguated
+from workers.export.paths import disambiguated
 
 IMAGES, LABELS, DATA = "images/", "labels/", "data.yaml"
 #: Image suffixes ultralytics loads (ultralytics.data.utils.IMG_FORMATS), lower case.
