@@ -51,7 +51,7 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from flows.cli import run_job
+    from flows.commands.run import run_job
     from schemas.job import parse_job
 
     workdir = Path(workdir).resolve()

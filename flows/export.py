@@ -12,9 +12,9 @@ from dataclasses import asdict
 from prefect import flow
 
 from schemas.job import StorageSpec
-from workers.committed import MaskFilter
-from workers.export import ExportOptions
-from workers.export import export_run as export
+from workers.outputs.export import ExportOptions
+from workers.outputs.export import export_run as export
+from workers.runs.committed import MaskFilter
 
 
 @flow(name="export-run", log_prints=True)

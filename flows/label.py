@@ -3,10 +3,11 @@
 Only the job (a small dict), run and shard ids and shard summaries travel through Prefect; key
 lists live in the output store and image bytes never leave the actors.
 
-Before any work: the job is validated and held to the operator's policy (schemas.operator), and the
-preflight (workers.preflight) checks the source, the output and the weights in seconds. Then the
-flow takes the run's lease (one flow per run id), plans or resumes the run (a plan made by another
-job is refused), labels the shards that are not done, and commits.
+Before any work the run is prepared (flows.run.prepare: the job validated and held to the
+operator's policy, the source, output and weights checked in seconds, their hashes pinned), by the
+caller (the CLI, the demo) or here for a deployment run. Then the flow takes the run's lease (one
+flow per run id), plans or resumes the run (a plan made by another job is refused), labels the
+shards that are not done on the pool the caller started ahead (or its own), and commits.
 
 Retries, each in one place: botocore retries store requests; the pool re-dispatches shards whose
 actor died; Prefect retries a task only when its error is transient (the store was unavailable).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -25,16 +27,16 @@ from prefect.cache_policies import NONE
 from prefect.futures import wait
 from prefect.tasks import exponential_backoff
 
-from schemas.errors import RunBusyError, RunFailedError, StoreAccessError, is_transient
-from schemas.fingerprint import fingerprint
-from schemas.job import Job, parse_job
+from flows.run import PreparedRun, open_run, prepare
+from schemas.errors import JobError, RunBusyError, RunFailedError, StoreAccessError, is_transient
+from schemas.job import Job
 from schemas.layout import RunLayout
-from schemas.manifest import RunSummary, ShardSummary
-from schemas.operator import OperatorPolicy
+from schemas.manifest import Plan, RunSummary, ShardSummary
 from workers import runs
-from workers.lease import RunLease
-from workers.preflight import preflight
-from workers.store import ObjectStore, open_store
+from workers.outputs import report
+from workers.ray.pool import PoolStart
+from workers.runs.lease import RunLease
+from workers.storage import ObjectStore, open_store
 
 
 def code_version() -> str:
@@ -55,10 +57,9 @@ def transient_only(task, task_run, state) -> bool:
 
 
 @task(name="plan", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only, cache_policy=NONE)
-def plan_task(job: Job, run_id: str, fp: dict, incremental: bool) -> runs.Plan:
+def plan_task(prepared: PreparedRun, incremental: bool) -> Plan:
     """List and shard the source, or load this run id's plan (refused when another job made it)."""
-    source, output = open_store(job.source.uri, job.storage), open_store(job.output, job.storage)
-    return runs.plan_run(job, source, output, RunLayout(run_id), fp, incremental)
+    return open_run(prepared, incremental)
 
 
 @task(
@@ -77,7 +78,7 @@ def label_shard_task(pool, run_id: str, shard_id: int) -> ShardSummary:
 def commit_task(job: Job, run_id: str, started_at: datetime) -> RunSummary:
     """Settle every shard, index the run, write the manifest and _SUCCESS."""
     output = open_store(job.output, job.storage)
-    return runs.commit_run(job, output, RunLayout(run_id), code_version(), started_at).summary
+    return runs.commit_run(job, output, RunLayout(run_id), code_version(), started_at, report.at_commit).summary
 
 
 def report_markdown(summary: RunSummary) -> str:
@@ -105,22 +106,23 @@ def report_markdown(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def checked_job(job: dict) -> Job:
-    """The flow's job parameter, validated and held to the operator's policy.
-
-    Environment overrides (FASTSAM_LABEL__*) were applied by whoever built the dict.
-    """
-    return OperatorPolicy.from_env().apply(parse_job(job, environ={}))
-
-
 @flow(name="label-collection", log_prints=True)
-def label_collection(job: dict, run_id: str | None = None, incremental: bool = False) -> dict:
+def label_collection(
+    job: dict | None = None,
+    run_id: str | None = None,
+    incremental: bool = False,
+    prepared: Any = None,  # a PreparedRun (typed Any: deployment runs validate parameters, and never pass one)
+    pool: Any = None,  # a PoolStart
+) -> dict:
     """Label every image of the job's source; returns the run summary (RunSummary as a dict).
 
     Args:
-        job: the job as a dict (the fields of `schemas.Job`).
-        run_id: reuse an id to resume that run; None = a new unique id.
+        job: the job as a dict (the fields of `schemas.Job`), prepared here (flows.run.prepare);
+            or None when `prepared` is given.
+        run_id: reuse an id to resume that run; None = a new unique id (with `job` only).
         incremental: label only objects that are new or changed since earlier committed runs.
+        prepared: a run prepared by the caller (the CLI, the demo), used as it is.
+        pool: a Labeler pool the caller started ahead for the prepared job; None = start one here.
 
     Raises:
         JobError, CheckpointError, PromptTableError: the job or its inputs are wrong (nothing written).
@@ -131,12 +133,13 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
     log = get_run_logger()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    layout = RunLayout(run_id or runs.new_run_id())
-    checked = preflight(checked_job(job), layout)
-    spec = checked.job
-    output = open_store(spec.output, spec.storage)
+    if prepared is None:
+        if job is None:
+            raise JobError("label_collection needs a job (or a prepared run); pass job=...")
+        prepared = prepare(job, run_id)
+    spec, layout, output = prepared.job, prepared.layout, prepared.output
     with RunLease(output, layout) as lease:
-        plan = plan_task(spec, layout.run_id, fingerprint(spec, checked.hashes), incremental)
+        plan = plan_task(prepared, incremental)
         if (unlisted := plan.list_errors.warning(spec.source.uri)) is not None:
             log.warning(unlisted)
         if runs.is_committed(output, layout):
@@ -151,7 +154,7 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
         labelled_now = 0
         failed: dict[int, str] = {}
         if todo:
-            failed, labelled_now = _label_shards(spec, layout, todo, lease)
+            failed, labelled_now = _label_shards(spec, layout, todo, lease, pool)
         markers = runs.done_markers(output, layout)
         seconds = time.perf_counter() - t0
         extra = {
@@ -173,7 +176,9 @@ def label_collection(job: dict, run_id: str | None = None, incremental: bool = F
     return summary.model_dump(mode="json")
 
 
-def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease) -> tuple[dict[int, str], int]:
+def _label_shards(
+    spec: Job, layout: RunLayout, todo: list[int], lease: RunLease, ahead: PoolStart | None
+) -> tuple[dict[int, str], int]:
     """Label the shards on a pool, a bounded window at a time; (failed shard -> why, objects labelled).
 
     Raises:
@@ -182,12 +187,12 @@ def _label_shards(spec: Job, layout: RunLayout, todo: list[int], lease: RunLease
         RunBusyError: another flow took the run over.
     """
     from schemas.errors import PoolError, ShardError
-    from workers.pool import pool_for
+    from workers.ray.pool import LabelerPool
 
     failed: dict[int, str] = {}
     labelled = 0
     queue = list(todo)
-    with pool_for(spec) as pool:
+    with ahead.take() if ahead is not None else LabelerPool(spec) as pool:
         window = 2 * spec.compute.num_actors  # shards queued ahead of the actors
         running: dict = {}
         while queue or running:

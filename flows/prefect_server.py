@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import subprocess
@@ -140,3 +141,34 @@ def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
         f"the temporary Prefect server did not answer within {timeout_s:.0f} s; set PREFECT_API_URL to a Prefect "
         "server of your own"
     )
+
+
+def offline() -> None:
+    """Settings for the temporary Prefect server a CLI run starts: no telemetry to the internet."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+class _OneLineErrors(logging.Filter):
+    """Drops Prefect's error records of failed flow and task runs.
+
+    Their exception, with its traceback, reaches the CLI, which says it once, in one line (`--debug`
+    keeps them).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs"))
+        )
+
+
+def quiet_logs() -> None:
+    """Keep Prefect's console from printing the tracebacks of failed runs the CLI explains in one line."""
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    setup_logging()  # Prefect's handlers exist from here on (it would set them up at the first run)
+    for handler in logging.getLogger().handlers:  # its console handler is the root logger's
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _OneLineErrors) for f in handler.filters
+        ):
+            handler.addFilter(_OneLineErrors())

@@ -306,7 +306,7 @@ class Job(_Spec):
         prompts: text prompts, in order; CLIP score columns follow this order. Empty = no CLIP.
         negative_prompts: prompts that veto a label when they match better ("background", "shadow").
         prompt_table: optional sidecar table (.parquet or .jsonl, path or s3:// URI) of per-image
-            point and box prompts; see `workers.sidecar`.
+            point and box prompts; see `workers.labelling.sidecar`.
         prompt_table_sha256: pinned hash of the prompt table; the flow sets it when the run starts, so
             every actor labels with the table that was checked.
         model, clip, selection, compute, limits, storage: see their classes.

@@ -1,13 +1,13 @@
 """Where everything lives under a job's output: one place that builds and parses every key.
 
-    runs/{run_id}/lease/{generation:06d}.json       who runs the run now (workers.lease)
+    runs/{run_id}/lease/{generation:06d}.json       who runs the run now (workers.runs.lease)
     runs/{run_id}/plan.json                         the plan and the job's fingerprint; created once
     runs/{run_id}/shards/shard-{n:05d}.parquet      a shard's work list (SHARD_SCHEMA)
     runs/{run_id}/{table}/shard-{n:05d}.parquet     a shard's part of the images, masks, prompts tables
     runs/{run_id}/done/shard-{n:05d}.json           the shard's marker (ShardMarker); created once
     runs/{run_id}/_attempts/{attempt}/{table}/shard-{n:05d}.parquet   an attempt's tables before publishing
     runs/{run_id}/manifest.json                     at commit
-    runs/{run_id}/report.html                       at commit: the run report (workers.report)
+    runs/{run_id}/report.html                       at commit: the run report (workers.outputs.report)
     runs/{run_id}/_SUCCESS                          written last: the run is committed
     index/part-{run_id}.parquet                     objects a committed run labelled (INDEX_SCHEMA)
     index/base-{run_id}.parquet                     parts merged by a compaction
@@ -101,7 +101,7 @@ class RunLayout:
 
     @property
     def plan(self) -> str:
-        """The plan (workers.runs.Plan as JSON), created once."""
+        """The plan (schemas.manifest.Plan as JSON), created once."""
         return self.prefix + "plan.json"
 
     @property

@@ -9,9 +9,11 @@ in the manifest. `RunManifest` is written once, at commit, to `runs/{run_id}/man
 
 from __future__ import annotations
 
+import os
+import socket
 from collections import Counter
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -271,3 +273,69 @@ class RunManifest(BaseModel):
         """The prompts a mask can be labelled with: `prompts` without the job's negatives."""
         negatives = set(self.job.get("negative_prompts") or ())
         return [p for p in self.prompts if p not in negatives]
+
+
+class Plan(BaseModel):
+    """What a run will label.
+
+    Attributes:
+        run_id: the run.
+        shards: number of shards (ids 0..shards-1).
+        objects: source objects in the plan.
+        listed: objects the source listing matched before incremental filtering.
+        skipped: objects left out because an earlier committed run labelled the same URI and ETag.
+        incremental: whether earlier runs were consulted.
+        list_errors: parts of the source that could not be listed (their objects are not in the plan).
+        fingerprint: the planning job's fingerprint (schemas.fingerprint).
+        created_at: UTC time the plan was made.
+    """
+
+    run_id: str
+    shards: int
+    objects: int
+    listed: int
+    skipped: int = 0
+    incremental: bool = False
+    list_errors: ListErrors = ListErrors()
+    fingerprint: dict
+    created_at: datetime
+
+
+class LeaseRecord(BaseModel):
+    """Who holds a run.
+
+    Attributes:
+        owner: random id of the holding flow.
+        host, pid: where it runs.
+        acquired_at, renewed_at: UTC times.
+        ttl_s: seconds after `renewed_at` when the lease is stale.
+        released: the holder is done with the run.
+    """
+
+    owner: str
+    host: str
+    pid: int
+    acquired_at: datetime
+    renewed_at: datetime
+    ttl_s: float
+    released: bool = False
+
+    def free(self, now: datetime) -> bool:
+        """Whether another flow may take the run now."""
+        if self.released or now - self.renewed_at > timedelta(seconds=self.ttl_s):
+            return True
+        return self.host == socket.gethostname() and not _alive(self.pid)
+
+    def describe(self) -> str:
+        """Who holds it, for messages."""
+        return f"{self.host} pid {self.pid}, since {self.acquired_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -20,7 +20,7 @@ from pathlib import Path
 
 def _child(out: str, run_id: str, to: str, dest: str) -> dict:
     from tests.memory import peak_rss_bytes
-    from workers.export import ExportOptions, export_run
+    from workers.outputs.export import ExportOptions, export_run
 
     base = peak_rss_bytes()
     t0 = time.perf_counter()
@@ -45,7 +45,7 @@ def main() -> None:
         print(json.dumps(_child(*args.child)))
         return
     from tests.synthetic_run import make_run
-    from workers.store import LocalStore
+    from workers.storage import LocalStore
 
     with tempfile.TemporaryDirectory() as tmp:
         out = LocalStore(Path(tmp) / "out")

@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     from fastsam_core.testing.synthetic import make_scene
     from schemas import RunLayout, parse_job
     from tests.servers import loopback_s3
-    from workers.labeler import Labeler
-    from workers.shards import list_source, write_shard_list
-    from workers.store import open_store
+    from workers.labelling.labeler import Labeler
+    from workers.runs.plan import list_source, write_shard_list
+    from workers.storage import open_store
 
     fake = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
     os.environ.update(fake)  # the loopback endpoint accepts any credentials

@@ -29,7 +29,7 @@ class ListingStore:
         self.uri = "s3://bench-source/cams/"
 
     def list(self, prefix: str = "", skipped=None):
-        from workers.store import ObjectInfo
+        from workers.storage import ObjectInfo
 
         for i in range(self.n):
             yield ObjectInfo(f"cam{i % 97:02d}/frame-{i:08d}.jpg", 100_000 + i % 1000, f"{i:032x}")
@@ -44,9 +44,9 @@ def _earlier_run(out: Path, n: int, legacy: bool) -> None:
 
     from schemas import RunLayout
     from schemas.tables import IMAGES_SCHEMA
-    from workers import index
-    from workers.shards import parquet_bytes
-    from workers.store import LocalStore
+    from workers.runs import index
+    from workers.storage import LocalStore
+    from workers.storage.files import parquet_bytes
 
     store, source, layout = LocalStore(out), ListingStore(n), RunLayout("earlier")
     objs = list(source.list())
@@ -76,7 +76,7 @@ def _plan(out: Path, n: int, new: int, incremental: bool = True) -> dict:
     from schemas import RunLayout, parse_job
     from tests.memory import peak_rss_bytes
     from workers import runs
-    from workers.store import LocalStore
+    from workers.storage import LocalStore
 
     job = parse_job({"source": {"uri": "s3://bench-source/cams"}, "output": str(out)}, environ={})
     t0 = time.perf_counter()

@@ -99,15 +99,15 @@ def scene_bytes(seed: int, h: int = 160, w: int = 192, fmt: str = "JPEG") -> byt
 
 
 def plan_for(job, run_id: str, incremental: bool = False, source=None):
-    """Preflight and plan a run as the flow does (workers.runs.Plan), without Prefect or Ray.
+    """Preflight and plan a run as the flow does (schemas.manifest.Plan), without Prefect or Ray.
 
     `source` replaces the store the job's source URI names (for stores that misbehave on purpose).
     """
+    from flows.preflight import preflight
     from schemas.fingerprint import fingerprint
     from schemas.layout import RunLayout
     from workers import runs
-    from workers.preflight import preflight
-    from workers.store import open_store
+    from workers.storage import open_store
 
     layout = RunLayout(run_id)
     checked = preflight(job, layout)
@@ -138,7 +138,7 @@ def with_attempt_file(store, key: str, source_key: str, attempt_id: str) -> None
     import pyarrow.parquet as pq
 
     from schemas.tables import ATTEMPT_KEY
-    from workers.shards import parquet_bytes
+    from workers.storage.files import parquet_bytes
 
     table = pq.read_table(io.BytesIO(store.get(source_key)))
     meta = {**(table.schema.metadata or {}), ATTEMPT_KEY: attempt_id.encode()}

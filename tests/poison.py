@@ -9,7 +9,7 @@ import os
 
 def install() -> None:
     """Wrap the per-image steps' decode_image in this worker process."""
-    import workers.steps as labeler
+    import workers.labelling.steps as labeler
 
     real = labeler.decode_image
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from schemas import Job, parse_job
 from tests.helpers import plan_for, scene_bytes
-from workers.store import open_store
+from workers.storage import open_store
 
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
 

@@ -18,8 +18,10 @@ from pycocotools import mask as mask_utils
 from schemas import RunLayout, parse_job
 from schemas.fingerprint import InputHashes, fingerprint
 from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, image_id
-from workers import commit, rows, runs
-from workers.store import ObjectInfo, ObjectStore
+from workers import runs
+from workers.outputs import report
+from workers.runs import attempts, parts
+from workers.storage import ObjectInfo, ObjectStore
 
 SHA = "ab" * 32
 
@@ -138,7 +140,7 @@ def make_run(
                 mask_cols["label"].append(prompts[label] if label >= 0 else None)
                 mask_cols["label_index"].append(label if label >= 0 else None)
                 mask_cols["label_score"].append(float(rng.uniform(0.5, 1.0)) if label >= 0 else None)
-        part = rows.ShardPart(
+        part = parts.ShardPart(
             images=pa.Table.from_pylist(img_rows, schema=IMAGES_SCHEMA),
             masks=pa.table(mask_cols, schema=MASKS_SCHEMA),
             prompts=None,
@@ -146,6 +148,6 @@ def make_run(
             models={"fastsam": [SHA]},
             worker="synthetic",
         )
-        commit.commit_part(output, layout, shard, commit.new_attempt_id(), part, time.perf_counter())
-    runs.commit_run(job, output, layout, "synthetic", datetime.now(UTC))
+        attempts.commit_part(output, layout, shard, attempts.new_attempt_id(), part, time.perf_counter())
+    runs.commit_run(job, output, layout, "synthetic", datetime.now(UTC), report.at_commit)
     return job

@@ -23,9 +23,10 @@ def test_segment_writes_decodable_rows_with_labels(tmp_path, capsys):
     assert len(rows) == len(direct) > 0
     for row, r in zip(rows, direct.rles, strict=True):
         assert row["image"] == str(good)
-        assert np.array_equal(mask_utils.decode(row["segmentation"]), mask_utils.decode(r))
-        assert len(row["clip_scores"]) == 2
-        assert row["label"] in (None, "red", "blue")
+        rle = {"size": row["rle_size"], "counts": row["rle_counts"].encode()}  # a masks-table row
+        assert np.array_equal(mask_utils.decode(rle), mask_utils.decode(r))
+        assert len(row["clip_cosine"]) == 2 and len(row["clip_prob"]) == 2
+        assert row["label"] in (None, "red", "blue") and (row["label"] is None) == (row["label_score"] is None)
 
 
 def test_segment_reports_bad_input_by_name(tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 
 from tests.ray_support import first_read, make_job, map_in_background, plan, read_table, upload_scenes
 from tests.servers import free_port
-from workers.pool import LabelerPool
+from workers.ray.pool import LabelerPool
 
 ray = pytest.importorskip("ray")
 

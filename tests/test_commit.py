@@ -8,12 +8,15 @@ import pyarrow.dataset as ds
 import pytest
 
 from schemas import RunLayout, parse_job
-from schemas.errors import StoreError, StoreUnavailableError
+from schemas.errors import RunIncompleteError, StoreError, StoreUnavailableError
 from tests.helpers import plan_for, scene_bytes, with_attempt_file
-from workers import commit, runs
-from workers.labeler import Labeler
-from workers.shards import read_parquet, read_shard_list
-from workers.store import LocalStore, ObjectInfo
+from workers import runs
+from workers.labelling.labeler import Labeler
+from workers.outputs import report
+from workers.runs import attempts
+from workers.runs.plan import read_shard_list
+from workers.storage import LocalStore, ObjectInfo
+from workers.storage.files import read_parquet
 
 RUN = RunLayout("r")
 
@@ -41,7 +44,7 @@ def planned(tmp_path):
 
 
 def _commit(job, out):
-    return runs.commit_run(job, out, RUN, "test", datetime.now(UTC))
+    return runs.commit_run(job, out, RUN, "test", datetime.now(UTC), report.at_commit)
 
 
 def test_a_zombie_attempt_that_finishes_late_leaves_the_markers_attempt(planned):
@@ -50,17 +53,17 @@ def test_a_zombie_attempt_that_finishes_late_leaves_the_markers_attempt(planned)
     # An actor thought lost (a partitioned node) labels shard 0 slowly, every read failing ...
     zombie = Labeler(job, source=UnreachableSource(job.source.uri))
     t0 = time.perf_counter()
-    zombie_attempt = commit.new_attempt_id()
+    zombie_attempt = attempts.new_attempt_id()
     zombie_part = zombie.label_objects(RUN, 0, objects)
     assert set(zombie_part.images["status"].to_pylist()) == {"read_error"}
     # ... while its replacement finishes first.
     winner = Labeler(job).label_shard(RUN.run_id, 0)
     published = read_parquet(out, RUN.table("images", 0), "images")
-    late = commit.commit_part(out, RUN, 0, zombie_attempt, zombie_part, t0)
+    late = attempts.commit_part(out, RUN, 0, zombie_attempt, zombie_part, t0)
     assert late == winner  # the late attempt learns which attempt counts
     assert read_parquet(out, RUN.table("images", 0), "images").equals(published)
     assert set(published["status"].to_pylist()) == {"ok"}
-    assert commit.published_attempt(out, RUN.table("masks", 0)) == winner.attempt_id
+    assert attempts.published_attempt(out, RUN.table("masks", 0)) == winner.attempt_id
     assert not [o for o in out.list(RUN.attempts_prefix) if f"/{zombie_attempt}/" in o.key]
     Labeler(job).label_shard(RUN.run_id, 1)
     manifest = _commit(job, out)
@@ -68,7 +71,7 @@ def test_a_zombie_attempt_that_finishes_late_leaves_the_markers_attempt(planned)
     assert list(out.list(RUN.attempts_prefix)) == []
     # After _SUCCESS, a late attempt (even one that races the marker) changes nothing.
     before = _snapshot(out.root / "runs/r")
-    assert commit.commit_part(out, RUN, 0, commit.new_attempt_id(), zombie_part, t0) == winner
+    assert attempts.commit_part(out, RUN, 0, attempts.new_attempt_id(), zombie_part, t0) == winner
     assert Labeler(job).label_shard(RUN.run_id, 1) == manifest.shards[1].summary
     assert _commit(job, out) == manifest
     assert _snapshot(out.root / "runs/r") == before
@@ -84,16 +87,16 @@ def test_an_attempt_that_died_before_publishing_is_repaired_at_commit(planned, m
     def die(output, marker):
         raise RuntimeError("the actor died here")
 
-    monkeypatch.setattr(commit, "publish", die)
+    monkeypatch.setattr(attempts, "publish", die)
     with pytest.raises(RuntimeError, match="died here"):
         labeler.label_shard(RUN.run_id, 0)
     monkeypatch.undo()
-    marker = commit.read_marker(out, RUN, 0)
+    marker = attempts.read_marker(out, RUN, 0)
     assert marker is not None and out.head(RUN.table("images", 0)) is None  # done, but nothing published
     labeler.label_shard(RUN.run_id, 1)
     manifest = _commit(job, out)
     for f in marker.files.values():
-        assert commit.published_attempt(out, f.key) == marker.attempt_id
+        assert attempts.published_attempt(out, f.key) == marker.attempt_id
     assert manifest.summary.counts.objects == 6
 
 
@@ -102,23 +105,23 @@ def test_a_foreign_published_file_is_replaced_and_a_lost_one_fails_the_commit(pl
     labeler = Labeler(job)
     for i in range(2):
         labeler.label_shard(RUN.run_id, i)
-    marker = commit.read_marker(out, RUN, 1)
+    marker = attempts.read_marker(out, RUN, 1)
     # A published file from another attempt (say, a writer of an older version of this code).
     with_attempt_file(out, RUN.table("masks", 1), marker.files["masks"].staged, "0123456789abcdef")
-    assert commit.published_attempt(out, RUN.table("masks", 1)) == "0123456789abcdef"
-    assert commit.settle(out, RUN, marker) == 1
-    assert commit.published_attempt(out, RUN.table("masks", 1)) == marker.attempt_id
+    assert attempts.published_attempt(out, RUN.table("masks", 1)) == "0123456789abcdef"
+    assert attempts.settle(out, RUN, marker) == 1
+    assert attempts.published_attempt(out, RUN.table("masks", 1)) == marker.attempt_id
     # When the marker's own copy is gone too, nothing can prove the file: the commit refuses.
     out.delete(RUN.table("images", 0))
-    out.delete(commit.read_marker(out, RUN, 0).files["images"].staged)
-    with pytest.raises(commit.ShardCommitError, match=r"shard 0 of run r: its images table .*delete the marker"):
+    out.delete(attempts.read_marker(out, RUN, 0).files["images"].staged)
+    with pytest.raises(attempts.ShardCommitError, match=r"shard 0 of run r: its images table .*delete the marker"):
         _commit(job, out)
     assert out.head(RUN.success) is None
 
 
 def test_a_full_disk_gives_a_clear_error_no_success_and_a_resume_completes(planned, monkeypatch):
     job, out = planned
-    import workers.store as store_module
+    import workers.storage.local as store_module
 
     real = store_module.tempfile.mkstemp
 
@@ -133,8 +136,8 @@ def test_a_full_disk_gives_a_clear_error_no_success_and_a_resume_completes(plann
     assert "No space left on device; free space on that disk, then run again to resume" in str(e.value)
     assert "masks" in str(e.value)
     monkeypatch.undo()
-    assert commit.read_marker(out, RUN, 0) is None
-    with pytest.raises(runs.RunIncompleteError, match=r"shards \[0, 1\] are not done"):
+    assert attempts.read_marker(out, RUN, 0) is None
+    with pytest.raises(RunIncompleteError, match=r"shards \[0, 1\] are not done"):
         _commit(job, out)
     assert out.head(RUN.success) is None
     labeler = Labeler(job)

@@ -10,9 +10,9 @@ from flows.cli import main
 from schemas import RunLayout
 from schemas.errors import RunDamagedError
 from tests.synthetic_run import make_run
-from workers import index
-from workers.committed import CommittedRun
-from workers.store import LocalStore
+from workers.runs import index
+from workers.runs.committed import CommittedRun
+from workers.storage import LocalStore
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from PIL import Image
 
 from schemas.errors import ImageError
 from tests.corpus import corpus, png_claiming
-from workers.decode import decode_image
+from workers.labelling.decode import decode_image
 
 CORPUS = corpus()
 
@@ -111,7 +111,7 @@ _DECODE = """
 import gc, json, sys
 import numpy as np
 from tests.memory import peak_rss_bytes
-from workers.decode import decode_image
+from workers.labelling.decode import decode_image
 data = open(sys.argv[1], "rb").read()
 gc.collect()
 base = peak_rss_bytes(reset=True)
@@ -160,7 +160,7 @@ def test_pillows_own_bomb_guard_does_not_override_max_pixels():
 
 
 def test_decoding_reserves_pixels_from_a_hold():
-    from workers.readahead import PixelBudget
+    from workers.labelling.readahead import PixelBudget
 
     budget = PixelBudget(10**6)
     hold = budget.hold(0)

@@ -26,8 +26,9 @@ from schemas import RunLayout, parse_job
 from tests.faults import KINDS, FaultProxy
 from tests.helpers import flow_job, plan_for, scene_bytes
 from workers import runs
-from workers.labeler import Labeler
-from workers.store import LocalStore, ObjectInfo
+from workers.labelling.labeler import Labeler
+from workers.outputs import report
+from workers.storage import LocalStore, ObjectInfo
 
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
 
@@ -105,7 +106,7 @@ def test_objects_listed_without_an_etag_are_always_labelled(tmp_path):
     job = parse_job({"source": {"uri": str(src)}, "output": str(tmp_path / "out")}, environ={})
     plan_for(job, "first")
     Labeler(job).label_shard("first", 0)
-    runs.commit_run(job, LocalStore(tmp_path / "out"), RunLayout("first"), "test", datetime.now(UTC))
+    runs.commit_run(job, LocalStore(tmp_path / "out"), RunLayout("first"), "test", datetime.now(UTC), report.at_commit)
     assert plan_for(job, "again", incremental=True).objects == 0  # unchanged, with ETags: skipped
     assert plan_for(job, "no-etags", incremental=True, source=NoETags(src)).objects == 4
 
@@ -251,8 +252,8 @@ def test_a_job_asking_for_gpus_the_local_cluster_lacks_fails_in_seconds(tmp_path
 
 
 def _owned_by(pid: int) -> tuple[list[int], list[Path]]:
-    """(processes, folders) a CLI run with this pid started, by the tag workers.reaper gives them."""
-    from workers.reaper import OWNER_ENV, OWNER_FILE
+    """(processes, folders) a CLI run with this pid started, by the tag workers.ray.reaper gives them."""
+    from workers.ray.reaper import OWNER_ENV, OWNER_FILE
 
     prefix = f"{OWNER_ENV}={pid}.".encode()
     procs = []

@@ -52,12 +52,12 @@ def test_transient_is_one_rule(error, transient):
 
 
 def test_a_bug_is_exit_1_with_a_hint_not_bad_input(monkeypatch, capsys):
-    import flows.cli
+    import flows.commands.status
 
     def broken(args):
         raise KeyError("model")
 
-    monkeypatch.setattr(flows.cli, "_status", broken)
+    monkeypatch.setattr(flows.commands.status, "main", broken)
     assert main(["status", "r", "--output", "/nowhere"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [

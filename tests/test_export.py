@@ -16,9 +16,9 @@ from flows.cli import main
 from tests.faults import FaultProxy
 from tests.helpers import dense_mask, flow_job, run_rows, scene_bytes
 from tests.synthetic_run import make_run
-from workers.export import ExportOptions
-from workers.export.labelstudio import image_url
-from workers.store import LocalStore
+from workers.outputs.export import ExportOptions
+from workers.outputs.export.labelstudio import image_url
+from workers.storage import LocalStore
 
 brush = pytest.importorskip("label_studio_converter.brush", reason="pip install label-studio-converter")
 
@@ -48,7 +48,7 @@ def pipeline_run(s3_endpoint, prefect_harness):
     summary = label_collection(job=job, run_id="exp")
     assert summary["state"] == "committed" and summary["errors_by_kind"] == {"unsupported": 1}
     from schemas.job import StorageSpec
-    from workers.store import S3Store
+    from workers.storage import S3Store
 
     return S3Store("s3://export-run/out", StorageSpec(endpoint_url=s3_endpoint)), s3_endpoint
 

@@ -11,10 +11,11 @@ import yaml
 from flows.cli import main
 from schemas.errors import ExportOptionsError, UnsafeKeyError
 from tests.synthetic_run import make_run
-from workers.export.base import ExportOptions, unlabelled_name
-from workers.export.labelstudio import PALETTE, UNLABELLED_COLOUR, image_url, label_colours
-from workers.export.paths import PathClaims, relative_path
-from workers.store import LocalStore
+from workers.outputs.export.base import ExportOptions, unlabelled_name
+from workers.outputs.export.labelstudio import PALETTE, UNLABELLED_COLOUR, image_url, label_colours
+from workers.outputs.export.paths import PathClaims
+from workers.storage import LocalStore
+from workers.storage.keys import relative_path
 
 LONG = "n" * 300 + ".jpg"
 HOSTILE = [

@@ -22,8 +22,8 @@ from flows.label import label_collection
 from schemas import RunLayout, parse_job
 from tests.corpus import corpus
 from tests.helpers import flow_job, plan_for, scene_bytes
-from workers.decode import decode_image
-from workers.store import LocalStore
+from workers.labelling.decode import decode_image
+from workers.storage import LocalStore
 
 TIMING = ["read_ms", "decode_ms", "segment_ms", "score_ms"]
 
@@ -161,7 +161,7 @@ def test_cli_exit_codes_and_status(tmp_path, prefect_harness, capsys):
 
 def test_a_failed_shard_is_labelled_once_and_blocks_the_commit(tmp_path, prefect_harness, monkeypatch):
     import flows.label as label_flow
-    from workers.pool import LabelerPool
+    from workers.ray.pool import LabelerPool
 
     src = tmp_path / "src"
     src.mkdir()

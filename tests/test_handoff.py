@@ -26,7 +26,7 @@ from tests.helpers import dense_mask, run_rows, scene_bytes
 from tests.servers import label_studio
 from tests.synthetic_run import make_run
 from tests.tools import CHROMIUM_ARGS, chromium, tool
-from workers.store import LocalStore
+from workers.storage import LocalStore
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 PROMPTS = ["red", "green", "blue"]

@@ -5,9 +5,9 @@ import pytest
 
 from schemas import RunLayout
 from schemas.tables import IMAGES_SCHEMA
-from workers import index
-from workers.shards import read_parquet
-from workers.store import LocalStore
+from workers.runs import index
+from workers.storage import LocalStore
+from workers.storage.files import read_parquet
 
 
 def _images(rows: list[tuple[str, str | None, str]]) -> pa.Table:

@@ -6,12 +6,13 @@ import pytest
 
 from schemas import RunLayout, parse_job
 from tests.helpers import plan_for, scene_bytes
-from workers import commit
-from workers.cluster import private_cluster
-from workers.labeler import Labeler
-from workers.pool import LabelerPool
-from workers.shards import read_parquet, read_shard_list
-from workers.store import LocalStore
+from workers.labelling.labeler import Labeler
+from workers.ray.cluster import private_cluster
+from workers.ray.pool import LabelerPool
+from workers.runs import attempts
+from workers.runs.plan import read_shard_list
+from workers.storage import LocalStore
+from workers.storage.files import read_parquet
 
 ray = pytest.importorskip("ray")
 
@@ -45,7 +46,7 @@ def test_an_object_that_kills_its_actor_is_isolated(tmp_path, poisoned_cluster):
     # 2 deaths on the whole shard, then halves: [0,4) dies once, [2,4) once, [3,4) twice.
     assert pool.redispatched == 6
     assert (summary.objects, summary.labelled, summary.errors_by_kind) == (8, 7, {"worker_lost": 1})
-    assert commit.read_marker(out, layout, 0).summary == summary
+    assert attempts.read_marker(out, layout, 0).summary == summary
     images = read_parquet(out, layout.table("images", 0), "images").to_pylist()
     assert [r["key"] for r in images] == [f"{i}.jpg" for i in range(8)]  # every object once, in order
     lost = images[3]

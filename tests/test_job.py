@@ -230,7 +230,7 @@ def test_a_job_accepts_exactly_the_everything_params_a_segmenter_runs_with(field
     ],
 )
 def test_the_runtime_auto_resolves_by_device(model, runtime):
-    from workers.stack import resolve_runtime
+    from workers.labelling.stack import resolve_runtime
 
     job = parse_job({**BASE, "model": model}, environ={})
     assert job.model.runtime == model.get("runtime", "auto")
@@ -238,7 +238,7 @@ def test_the_runtime_auto_resolves_by_device(model, runtime):
 
 
 def test_a_default_job_runs_onnxruntime_on_the_cpu(tmp_path, monkeypatch):
-    from workers.stack import stack_for
+    from workers.labelling.stack import stack_for
 
     monkeypatch.setenv("FASTSAM_LABEL_CACHE", str(tmp_path))
     stack = stack_for(parse_job(BASE, environ={}))

@@ -14,12 +14,12 @@ from fastsam_core import TINY_CHECKPOINT, EverythingParams, FastSAMModel, Segmen
 from schemas import RunLayout, check_table, parse_job
 from tests.corpus import MAX_BYTES, corpus
 from tests.helpers import dense_mask, plan_for, scene_bytes
-from workers import commit
-from workers.decode import decode_image
-from workers.labeler import Labeler
-from workers.raydata import BatchLabeler
-from workers.shards import read_shard_list
-from workers.store import open_store
+from workers.labelling.decode import decode_image
+from workers.labelling.labeler import Labeler
+from workers.ray.raydata import BatchLabeler
+from workers.runs import attempts
+from workers.runs.plan import read_shard_list
+from workers.storage import open_store
 
 RUN = "run-1"
 LAYOUT = RunLayout(RUN)
@@ -221,11 +221,11 @@ def test_outputs_stay_under_the_output_prefix(labelled):
     for kind in ("images", "masks", "prompts", "shards", "done"):
         assert sum(k.startswith(f"out/runs/{RUN}/{kind}/") for k in written) == n
     output = open_store(labelled["job"].output, labelled["job"].storage)
-    marker = commit.read_marker(output, LAYOUT, 0)
+    marker = attempts.read_marker(output, LAYOUT, 0)
     assert marker.summary == labelled["summaries"][0] and marker.attempt_id == marker.summary.attempt_id
     for name, f in marker.files.items():  # published, and the footer names the marker's attempt
-        assert f.key == LAYOUT.table(name, 0) and commit.published_attempt(output, f.key) == marker.attempt_id
-    assert commit.read_marker(output, LAYOUT, 99) is None
+        assert f.key == LAYOUT.table(name, 0) and attempts.published_attempt(output, f.key) == marker.attempt_id
+    assert attempts.read_marker(output, LAYOUT, 99) is None
 
 
 def test_a_failing_image_becomes_a_label_error_row(labelled, monkeypatch):

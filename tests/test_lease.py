@@ -8,8 +8,9 @@ import pytest
 
 from schemas import RunLayout
 from schemas.errors import RunBusyError
-from workers.lease import LeaseRecord, RunLease
-from workers.store import LocalStore
+from schemas.manifest import LeaseRecord
+from workers.runs.lease import RunLease
+from workers.storage import LocalStore
 
 RUN = RunLayout("r")
 

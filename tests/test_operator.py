@@ -2,7 +2,7 @@
 
 import pytest
 
-from flows.label import checked_job
+from flows.run import allowed
 from schemas import parse_job
 from schemas.errors import JobError
 from schemas.operator import OperatorPolicy
@@ -51,9 +51,9 @@ def test_a_flow_parameter_cannot_turn_unpinned_weights_on(monkeypatch):
     monkeypatch.delenv("FASTSAM_LABEL_ALLOW_UNPINNED", raising=False)
     params = _job(model={"checkpoint": "s3://m/a.pt", "allow_unpinned": True}).model_dump(mode="json")
     with pytest.raises(JobError, match="the operator has not set FASTSAM_LABEL_ALLOW_UNPINNED=1"):
-        checked_job(params)
+        allowed(params)
     monkeypatch.setenv("FASTSAM_LABEL_ALLOW_UNPINNED", "1")
-    assert checked_job(params).model.allow_unpinned
+    assert allowed(params).model.allow_unpinned
 
 
 @pytest.mark.parametrize(

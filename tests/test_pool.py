@@ -4,10 +4,10 @@ import pytest
 
 from schemas.errors import ShardError
 from tests.ray_support import first_read, make_job, map_in_background, plan, read_table, upload_scenes
-from workers.cluster import private_cluster
-from workers.labeler import Labeler
-from workers.pool import LabelerPool
-from workers.raydata import BatchLabeler
+from workers.labelling.labeler import Labeler
+from workers.ray.cluster import private_cluster
+from workers.ray.pool import LabelerPool
+from workers.ray.raydata import BatchLabeler
 
 ray = pytest.importorskip("ray")
 

@@ -10,7 +10,7 @@ from flows.cli import main
 from schemas.errors import ClusterSettingError
 from tests.faults import FaultProxy
 from tests.servers import free_port
-from workers.cluster import private_cluster
+from workers.ray.cluster import private_cluster
 
 TIMINGS: list[tuple[str, int, float, str]] = []
 

@@ -4,7 +4,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from workers.readahead import PixelBudget, ShapeBatcher, read_ahead
+from workers.labelling.readahead import PixelBudget, ShapeBatcher, read_ahead
 
 
 def test_read_ahead_keeps_order_and_bounds_the_queue():

@@ -7,9 +7,10 @@ from pathlib import Path
 from schemas import RunLayout, parse_job
 from tests.helpers import scene_bytes
 from tests.ray_support import plan
-from workers.labeler import Labeler
+from workers.labelling.labeler import Labeler
+from workers.outputs import report
 from workers.runs import commit_run
-from workers.store import open_store
+from workers.storage import open_store
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -39,7 +40,7 @@ def test_reading_the_results_snippet(tmp_path, capsys):
     for i in range(plan(job, "r")):
         labeler.label_shard("r", i)
     labeler.label_shard("r", 0)  # a repeated attempt changes nothing
-    manifest = commit_run(job, open_store(job.output), RunLayout("r"), "test", datetime.now(UTC))
+    manifest = commit_run(job, open_store(job.output), RunLayout("r"), "test", datetime.now(UTC), report.at_commit)
     scope = {"RUN": str(tmp_path / "out/runs/r")}
     exec(_block_after("### Reading the results"), scope)
     assert scope["masks"].num_rows == manifest.summary.counts.masks  # each mask once, from the counted attempt

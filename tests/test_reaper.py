@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from workers import reaper
+from workers.ray import reaper
 
 
 def _tagged_sleeper(tag: str) -> subprocess.Popen:

@@ -12,10 +12,11 @@ from flows.cli import main
 from schemas import RunLayout, parse_job
 from tests.helpers import plan_for, scene_bytes
 from tests.tools import CHROMIUM_ARGS, chromium
-from workers.labeler import Labeler
-from workers.report import PALETTE
+from workers.labelling.labeler import Labeler
+from workers.outputs import report
+from workers.outputs.report import PALETTE
 from workers.runs import commit_run
-from workers.store import LocalStore
+from workers.storage import LocalStore
 
 BROKEN = "broken <b>x<i>.jpg"  # markup in a key must be shown as text, never run as markup
 
@@ -45,7 +46,7 @@ def committed(tmp_path_factory):
     labeler = Labeler(job)
     for i in range(plan.shards):
         labeler.label_shard("rep", i)
-    commit_run(job, LocalStore(root / "out"), RunLayout("rep"), "test", datetime.now(UTC))
+    commit_run(job, LocalStore(root / "out"), RunLayout("rep"), "test", datetime.now(UTC), report.at_commit)
     return root
 
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.errors import PromptTableError
-from workers.sidecar import parse_prompt_table
+from workers.labelling.sidecar import parse_prompt_table
 
 
 def _jsonl(rows) -> bytes:
@@ -64,7 +64,7 @@ def test_repeated_ids_and_unreadable_tables():
 
 def test_load_prompt_table_names_a_missing_table(tmp_path):
     from schemas import parse_job
-    from workers.sidecar import load_prompt_table
+    from workers.labelling.sidecar import load_prompt_table
 
     job = parse_job(
         {"source": {"uri": str(tmp_path)}, "output": str(tmp_path / "o"), "prompt_table": str(tmp_path / "p.jsonl")},

@@ -11,9 +11,10 @@ from schemas import RunLayout, parse_job
 from schemas.errors import NotAFileError, ReadDeadlineError
 from tests.helpers import plan_for, scene_bytes
 from workers import runs
-from workers.labeler import Labeler
-from workers.shards import list_source
-from workers.store import LocalStore, read_with_deadline
+from workers.labelling.labeler import Labeler
+from workers.outputs import report
+from workers.runs.plan import list_source
+from workers.storage import LocalStore, read_with_deadline
 
 
 def _source(tmp_path):
@@ -42,10 +43,10 @@ def test_a_named_pipe_gets_an_unsupported_row_and_never_blocks(tmp_path):
     assert time.perf_counter() - t0 < 60
     assert (summary.objects, summary.labelled, summary.errors_by_kind) == (3, 2, {"unsupported": 1})
     out = LocalStore(tmp_path / "out")
-    manifest = runs.commit_run(job, out, RunLayout("fifo"), "test", datetime.now(UTC))
+    manifest = runs.commit_run(job, out, RunLayout("fifo"), "test", datetime.now(UTC), report.at_commit)
     assert manifest.summary.list_errors.count == 1
-    report = (tmp_path / "out/runs/fifo/report.html").read_text()
-    assert "Not listed:</b> 1 folder(s) under" in report and "linked: a symbolic link to a folder" in report
+    page = (tmp_path / "out/runs/fifo/report.html").read_text()
+    assert "Not listed:</b> 1 folder(s) under" in page and "linked: a symbolic link to a folder" in page
     with pytest.raises(NotAFileError, match=r"cams/pipe\.jpg is a named pipe \(FIFO\); only regular files are read"):
         LocalStore(src).read("cams/pipe.jpg")
 

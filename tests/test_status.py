@@ -6,7 +6,7 @@ from flows.cli import main
 from flows.label import report_markdown
 from schemas import RunSummary, parse_job
 from tests.helpers import plan_for, scene_bytes
-from workers.labeler import Labeler
+from workers.labelling.labeler import Labeler
 
 
 def test_status_of_an_unfinished_run_and_its_report(tmp_path, capsys):

@@ -5,7 +5,7 @@ import pytest
 
 from schemas.errors import ObjectNotFoundError, ObjectTooLargeError, StoreError, UnsafeKeyError
 from schemas.job import StorageSpec
-from workers.store import LocalStore, S3Store, open_store, safe_key
+from workers.storage import LocalStore, S3Store, open_store, safe_key
 
 KEYS = ["plain.jpg", "with space/a b.jpg", "ünïcode/場面.png", "deep/a/b/c/d.jpg", "x/+&=;,@$#.jpg"]
 

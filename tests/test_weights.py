@@ -5,7 +5,7 @@ import pytest
 
 from schemas.errors import CheckpointError, StoreError
 from schemas.job import StorageSpec
-from workers.weights import resolve_weights
+from workers.storage.weights import resolve_weights
 
 DATA = b"pretend these are weights" * 1000
 SHA = hashlib.sha256(DATA).hexdigest()

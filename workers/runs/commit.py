@@ -1,0 +1,129 @@
+"""Committing a run: settle every shard, write the manifest, index the run, write _SUCCESS; and the run's state.
+
+A committed run (`_SUCCESS`) never changes again. What the commit writes besides the tables (the
+HTML report) is the caller's: `commit_run` takes it as a hook, so this package does not depend on
+the outputs it feeds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from schemas.errors import RunIncompleteError
+from schemas.job import Job
+from schemas.layout import RunLayout, parse_shard
+from schemas.manifest import Plan, RunManifest, RunState, RunSummary, ShardMarker, ShardState
+from workers.runs import attempts, index
+from workers.runs.plan import load_plan
+from workers.storage import ObjectStore
+from workers.storage.files import load_document, read_parquet
+
+#: Parallel requests when a commit reads or repairs many shards.
+_IO_THREADS = 16
+
+#: What a commit may write besides the tables: (output, layout, manifest, images tables) -> None.
+ReportHook = Callable[[ObjectStore, RunLayout, RunManifest, list[pa.Table]], object]
+
+
+def done_markers(output: ObjectStore, layout: RunLayout) -> dict[int, ShardMarker]:
+    """The markers of the run's done shards, by shard id (one listing, then one read per shard)."""
+    shard_ids = [i for o in output.list(layout.done_prefix) if (i := parse_shard(o.key)) is not None]
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        markers = pool.map(lambda i: attempts.read_marker(output, layout, i), shard_ids)
+    return {m.summary.shard_id: m for m in markers if m is not None}
+
+
+def summary_of(
+    output: ObjectStore, layout: RunLayout, plan: Plan, markers: dict[int, ShardMarker], state: RunState, **extra
+) -> RunSummary:
+    """The run's summary over its done shards."""
+    return RunSummary.of_shards(
+        layout.run_id,
+        output.uri_of(layout.prefix.rstrip("/")),
+        state,
+        plan.shards,
+        plan.listed,
+        plan.skipped,
+        (markers[i].summary for i in sorted(markers)),
+        list_errors=plan.list_errors,
+        **extra,
+    )
+
+
+def is_committed(output: ObjectStore, layout: RunLayout) -> bool:
+    """Whether the run's _SUCCESS marker exists."""
+    return output.head(layout.success) is not None
+
+
+def commit_run(
+    job: Job,
+    output: ObjectStore,
+    layout: RunLayout,
+    code_version: str,
+    started_at: datetime,
+    report: ReportHook | None = None,
+) -> RunManifest:
+    """Settle every shard, write the manifest, `report` (if given), index the run, write _SUCCESS.
+
+    A committed run is left as it is.
+
+    Raises:
+        RunIncompleteError: naming the shards that are not done.
+        ShardCommitError: a shard's files cannot be made its marker's.
+    """
+    if is_committed(output, layout):
+        manifest = load_manifest(output, layout)
+        if manifest is not None:
+            return manifest
+    plan = load_plan(output, layout)
+    if plan is None:
+        raise RunIncompleteError(f"run {layout.run_id} has no plan under {output.uri}; plan it first")
+    markers = done_markers(output, layout)
+    missing = [i for i in range(plan.shards) if i not in markers]
+    if missing:
+        raise RunIncompleteError(f"run {layout.run_id} cannot be committed: shards {missing[:20]} are not done")
+    ordered = [markers[i] for i in range(plan.shards)]
+    with ThreadPoolExecutor(_IO_THREADS) as pool:
+        list(pool.map(lambda m: attempts.settle(output, layout, m), ordered))
+        images = list(pool.map(lambda m: read_parquet(output, m.files["images"].key, "images"), ordered))
+    for obj in list(output.list(layout.attempts_prefix)):  # every attempt's copies, winners' included
+        output.delete(obj.key)
+    summary = summary_of(output, layout, plan, markers, "committed")
+    manifest = RunManifest(
+        run_id=layout.run_id,
+        job=json.loads(job.model_dump_json()),
+        fingerprint=plan.fingerprint,
+        prompts=list(job.all_prompts),
+        models={
+            "fastsam": {
+                "name": job.model.checkpoint or "fastsam-tiny.pt (shipped)",
+                "sha256": summary.models.get("fastsam", []),
+            },
+            "clip": {"name": job.clip.arch if job.prompts else None, "sha256": summary.models.get("clip", [])},
+        },
+        code_version=code_version,
+        shards=[ShardState(shard_id=m.summary.shard_id, attempt_id=m.attempt_id, summary=m.summary) for m in ordered],
+        summary=summary,
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+    )
+    output.put(layout.manifest, manifest.model_dump_json(indent=2).encode())
+    if report is not None:
+        report(output, layout, manifest, images)
+    index.add_run(output, layout.run_id, images)
+    output.put(layout.success, b"")
+    return manifest
+
+
+def load_manifest(output: ObjectStore, layout: RunLayout) -> RunManifest | None:
+    """The committed run's manifest, or None.
+
+    Raises:
+        RunDamagedError: manifest.json exists but is not a manifest.
+    """
+    return load_document(output, layout.manifest, RunManifest, "run manifest")

@@ -1,0 +1,166 @@
+"""Planning a run: list, filter, sort and cut the source into shards, once, bound to the job that planned it.
+
+A run is planned once: `runs/{run_id}/plan.json` is created exclusively and records the fingerprint
+of the job that planned it (schemas.fingerprint). Running the same run id again resumes that plan
+(even if the bucket has changed since) only with a job of the same fingerprint; another job is
+refused, naming the fields that differ. Each shard's work list (key, size, etag) is a Parquet file
+under `runs/{run_id}/shards/`; only shard ids travel between Prefect and Ray.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.errors import EmptySourceError, ObjectNotFoundError, RunMismatchError
+from schemas.fingerprint import differences
+from schemas.job import Job, SourceSpec
+from schemas.layout import RunLayout
+from schemas.manifest import ListErrors, Plan
+from schemas.tables import SHARD_SCHEMA
+from workers.runs import index
+from workers.storage import ObjectInfo, ObjectStore
+from workers.storage.files import load_document, parquet_bytes, read_parquet
+
+#: Folders that could not be listed named in a plan (the rest are counted).
+_LISTED_ERRORS = 20
+
+
+def load_plan(output: ObjectStore, layout: RunLayout) -> Plan | None:
+    """The run's plan, or None when it was never planned.
+
+    Raises:
+        RunDamagedError: plan.json exists but is not a plan.
+    """
+    return load_document(output, layout.plan, Plan, "run plan")
+
+
+def check_same_job(plan: Plan, fingerprint: dict) -> None:
+    """Refuse to go on with a run planned by another job.
+
+    Raises:
+        RunMismatchError: naming each field that differs, with both values.
+    """
+    fields = differences(plan.fingerprint, fingerprint)
+    if fields:
+        shown = "; ".join(f"{f}: planned {plan.fingerprint.get(f)!r}, now {fingerprint.get(f)!r}" for f in fields[:6])
+        raise RunMismatchError(
+            f"run {plan.run_id} was planned by another job ({len(fields)} setting(s) differ: {shown}); "
+            "use a new run id for this job, or resume with the job that planned it"
+        )
+
+
+def plan_run(
+    job: Job,
+    source: ObjectStore,
+    output: ObjectStore,
+    layout: RunLayout,
+    fingerprint: dict,
+    incremental: bool = False,
+) -> Plan:
+    """List, filter, sort and cut the source into shards; write the shard lists, then create the plan.
+
+    Returns the existing plan when the run was planned before by a job of the same fingerprint.
+
+    Raises:
+        RunMismatchError: the run was planned by another job.
+        EmptySourceError: the listing holds nothing the job labels (nothing is written).
+    """
+    existing = load_plan(output, layout)
+    if existing is not None:
+        check_same_job(existing, fingerprint)
+        return existing
+    skipped: list[str] = []
+    objects = list_source(source, job.source, skipped=skipped)
+    list_errors = ListErrors(count=len(skipped), first=skipped[:_LISTED_ERRORS])
+    listed = objects.num_rows
+    if not listed:
+        s = job.source
+        filters = f"extensions {', '.join(s.extensions)}" + (f", include {list(s.include)}" if s.include else "")
+        raise EmptySourceError(
+            f"source {source.uri} holds no object this job labels ({filters}); check source.uri and the filters"
+        )
+    pool = pa.default_memory_pool()
+    pool.release_unused()  # Arrow's allocator keeps freed pages: building a big listing leaves many
+    if incremental:
+        listing = pa.table({"uri": index.uris(source, objects["key"]), "etag": objects["etag"]})
+        objects = objects.filter(index.unseen(listing, index.load(output)))
+        del listing
+        pool.release_unused()
+    size = job.compute.shard_size
+    shards = (objects.num_rows + size - 1) // size
+    for i in range(shards):
+        write_shard_list(output, layout, i, objects.slice(i * size, size))
+    plan = Plan(
+        run_id=layout.run_id,
+        shards=shards,
+        objects=objects.num_rows,
+        listed=listed,
+        skipped=listed - objects.num_rows,
+        incremental=incremental,
+        list_errors=list_errors,
+        fingerprint=fingerprint,
+        created_at=datetime.now(UTC),
+    )
+    if not output.create(layout.plan, plan.model_dump_json(indent=2).encode()):
+        other = load_plan(output, layout)
+        if other is not None:
+            check_same_job(other, fingerprint)
+        from schemas.errors import RunBusyError
+
+        raise RunBusyError(f"run {layout.run_id} was planned by another flow at the same time; let that flow finish")
+    return plan
+
+
+def list_source(
+    store: ObjectStore, spec: SourceSpec, chunk: int = 10_000, skipped: list[str] | None = None
+) -> pa.Table:
+    """The objects a job labels, as a SHARD_SCHEMA table (key, size, etag) sorted by key.
+
+    The listing is streamed page by page and kept as Arrow columns (about 80 bytes per object),
+    never as a list of Python objects; only keys the job wants (extension, globs) are kept. Parts
+    of the source that could not be listed are appended to `skipped` ("path: why").
+    """
+    batches, keys, sizes, etags = [], [], [], []
+
+    def flush() -> None:
+        batches.append(pa.record_batch([keys, sizes, etags], schema=SHARD_SCHEMA))
+        keys.clear(), sizes.clear(), etags.clear()
+
+    for o in store.list(skipped=skipped):
+        if spec.wants(o.key):
+            keys.append(o.key), sizes.append(o.size), etags.append(o.etag)
+            if len(keys) >= chunk:
+                flush()
+    flush()
+    table = pa.Table.from_batches(batches, schema=SHARD_SCHEMA)
+    key = table["key"]
+    if len(key) > 1 and pc.any(pc.less(key.slice(1), key.slice(0, len(key) - 1))).as_py():
+        table = table.sort_by("key")  # stores list in key order; a local folder might not
+    return table
+
+
+def write_shard_list(store: ObjectStore, layout: RunLayout, shard_id: int, objects: pa.Table) -> None:
+    """Write a shard's work list (rows of a `list_source` table) to the output store."""
+    store.put(layout.shard_list(shard_id), parquet_bytes(objects.cast(SHARD_SCHEMA)))
+
+
+def read_shard_list(store: ObjectStore, layout: RunLayout, shard_id: int) -> list[ObjectInfo]:
+    """A shard's work list, as written by `write_shard_list`."""
+    key = layout.shard_list(shard_id)
+    try:
+        t = read_parquet(store, key, "shard")
+    except ObjectNotFoundError:
+        raise ObjectNotFoundError(
+            f"shard {shard_id} of run {layout.run_id} has no work list at {store.uri_of(key)}; plan the run first"
+        ) from None
+    return [ObjectInfo(r["key"], r["size"], r["etag"]) for r in t.to_pylist()]
+
+
+def new_run_id() -> str:
+    """A unique run id: the UTC time and a random suffix, e.g. 20261121T031500Z-3f9a2c."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
