@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan tiny-model
+.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export tiny-model
 
 setup: $(VENV)/.installed
 
@@ -53,21 +53,25 @@ format: setup
 
 # Everything-mode time and memory against ultralytics' FastSAM predictor, in one run.
 bench: setup
-	$(PY) -m tests.bench_everything
+	$(PY) -m benchmarks.bench_everything
 
 # The whole pipeline against the ultralytics loop people write today, interleaved rounds (see docs/benchmarks.md;
 # about an hour on 2 CPU cores at the default size: BENCH_ARGS="--images 30 --prompt-images 8 --rounds 2" is quicker).
 bench-pipeline: setup
-	$(PY) -m tests.bench_pipeline $(BENCH_ARGS)
+	$(PY) -m benchmarks.bench_pipeline $(BENCH_ARGS)
 
 # Labeler throughput on a loopback S3 endpoint: one reader vs read-ahead and batching, in one run.
 bench-labeler: setup
-	$(PY) -m tests.bench_labeler
-	$(PY) -m tests.bench_labeler --prompts
+	$(PY) -m benchmarks.bench_labeler
+	$(PY) -m benchmarks.bench_labeler --prompts
 
 # Planning an incremental run after 1,000,000 earlier objects: the index against the old scan, in one run.
 bench-plan: setup
-	$(PY) -m tests.bench_plan
+	$(PY) -m benchmarks.bench_plan
+
+# Export time and peak memory against run size (exports stream: memory must not grow with the run).
+bench-export: setup
+	$(PY) -m benchmarks.bench_export
 
 # Remake the shipped small model (about 10 minutes on 2 CPU cores).
 tiny-model: setup

@@ -52,7 +52,7 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
     from moto.server import ThreadedMotoServer
 
     from flows.commands.run import run_job
-    from schemas.job import parse_job
+    from schemas.job_file import parse_job
 
     workdir = Path(workdir).resolve()
     # The loopback endpoint accepts any credentials; use throwaway ones, never the user's own.

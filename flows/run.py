@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from flows.preflight import preflight
 from schemas.fingerprint import InputHashes, fingerprint
-from schemas.job import Job, parse_job
+from schemas.job import Job
+from schemas.job_file import parse_job
 from schemas.layout import RunLayout
 from schemas.manifest import Plan
 from schemas.operator import OperatorPolicy

@@ -1,10 +1,11 @@
-"""schemas: the job configuration (pydantic) and the output tables (pyarrow), versioned.
+"""schemas: the job (pydantic), the documents and tables a run writes (versioned), URIs, layouts and errors.
 
 Imported by every other package; imports none of them.
 """
 
 from schemas.errors import JobError, SchemaVersionError
-from schemas.job import Job, load_job, parse_job
+from schemas.job import Job
+from schemas.job_file import load_job, parse_job
 from schemas.layout import RunLayout, check_run_id
 from schemas.manifest import RunManifest, RunSummary, ShardMarker, ShardState, ShardSummary
 from schemas.tables import (

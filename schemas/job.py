@@ -11,23 +11,15 @@ profile, or instance roles, exactly as boto3 finds them.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import re
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from wcmatch import glob as wcglob
 
-from schemas.errors import DuplicateKeyError, JobError
+from schemas.errors import JobError, UriError
 from schemas.params import EverythingParams
-
-#: Prefix of environment variables that override job fields; `__` separates nesting levels:
-#: FASTSAM_LABEL__MODEL__IMGSZ=640 sets `model.imgsz`. Values are parsed as YAML scalars/lists.
-ENV_PREFIX = "FASTSAM_LABEL__"
+from schemas.uri import Uri
 
 #: Image file extensions labelled by default (lower case, with the dot).
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -55,13 +47,10 @@ class _Spec(BaseModel):
 
 
 def _check_uri(value: str) -> str:
-    if value.startswith("s3://"):
-        if len(value) <= len("s3://") or value[5] == "/":
-            raise ValueError(f"{value!r} has no bucket; write s3://BUCKET/PREFIX")
-        return value
-    if "://" in value and not value.startswith("file://"):
-        scheme = value.split("://", 1)[0]
-        raise ValueError(f"{value!r} uses scheme {scheme}://, which is not supported; use s3:// or a local path")
+    try:
+        Uri.parse(value)
+    except UriError as e:
+        raise ValueError(str(e)) from None
     return value
 
 
@@ -77,7 +66,7 @@ def _check_sha(value: str | None) -> str | None:
 #: A sha256 hex digest, normalised to lower case.
 Sha256 = Annotated[str | None, AfterValidator(_check_sha)]
 #: s3://bucket/prefix, a local path, or a file:// URI.
-Uri = Annotated[str, AfterValidator(_check_uri)]
+UriField = Annotated[str, AfterValidator(_check_uri)]
 
 
 class SourceSpec(_Spec):
@@ -93,7 +82,7 @@ class SourceSpec(_Spec):
         extensions: lower-case extensions (with the dot) to label; matched case-insensitively.
     """
 
-    uri: Uri
+    uri: UriField
     include: tuple[str, ...] = ()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
 
@@ -151,7 +140,7 @@ class ModelSpec(_Spec):
             same code on all.
     """
 
-    checkpoint: Uri | None = None
+    checkpoint: UriField | None = None
     sha256: Sha256 = None
     allow_unpinned: bool = False
     imgsz: int | None = None
@@ -196,7 +185,7 @@ class ClipSpec(_Spec):
     """
 
     arch: str = "ViT-B-32"
-    weights: Uri | None = None
+    weights: UriField | None = None
     sha256: Sha256 = None
     allow_unpinned: bool = False
     min_area: int = Field(100, ge=0)
@@ -313,10 +302,10 @@ class Job(_Spec):
     """
 
     source: SourceSpec
-    output: Uri
+    output: UriField
     prompts: tuple[str, ...] = ()
     negative_prompts: tuple[str, ...] = ()
-    prompt_table: Uri | None = None
+    prompt_table: UriField | None = None
     prompt_table_sha256: Sha256 = None
     model: ModelSpec = ModelSpec()
     clip: ClipSpec = ClipSpec()
@@ -374,7 +363,7 @@ class Job(_Spec):
             )
         if (
             self.model.checkpoint
-            and self.model.checkpoint.startswith("s3://")
+            and Uri.parse(self.model.checkpoint).is_s3
             and not (self.model.sha256 or self.model.allow_unpinned)
         ):
             raise ValueError("model.sha256 is required for an s3:// checkpoint (it is fetched, then unpickled)")
@@ -389,140 +378,5 @@ class Job(_Spec):
 
 
 def normalize_uri(uri: str) -> str:
-    """One spelling per location: s3:// without a trailing slash, local paths absolute and resolved."""
-    if uri.startswith("s3://"):
-        return uri.rstrip("/")
-    return str(Path(uri.removeprefix("file://")).expanduser().resolve())
-
-
-def _set_path(tree: dict, path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        nxt = node.get(part)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[part] = nxt
-        node = nxt
-    node[path[-1]] = value
-
-
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
-    """Job fields set by FASTSAM_LABEL__A__B=value variables, as a nested dict."""
-    environ = os.environ if environ is None else environ
-    out: dict = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
-        if path:
-            _set_path(out, path, yaml.safe_load(raw) if raw.strip() else None)
-    return out
-
-
-def _merge(base: dict, over: Mapping) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _describe(err: dict) -> str:
-    where = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown field; check the spelling (credentials never go in the job: use the environment or a profile)"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    elif err["type"] == "string_type":
-        msg += "; quote it in YAML (digits alone read as a number)"
-    got = err.get("input")
-    # Our own checks (value_error) already quote the value; pydantic's built-in ones do not.
-    if err["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(got, dict | list):
-        msg += f" (got {got!r})"
-    return f"  {where}: {msg}" if where else f"  {msg}"
-
-
-def parse_spec(cls: type[_Spec], data: Mapping, what: str) -> Any:
-    """Validate one section of a job (a `ModelSpec`, ...) from a mapping.
-
-    Raises:
-        JobError: listing every bad field, as for a whole job.
-    """
-    try:
-        return cls.model_validate(dict(data))
-    except ValidationError as e:
-        raise job_error(f"{what} is not valid", [_describe(err) for err in e.errors(include_url=False)]) from None
-
-
-def parse_job(data: Mapping, environ: Mapping[str, str] | None = None, origin: str = "job") -> Job:
-    """Validate a job from a mapping, environment overrides applied on top.
-
-    Raises:
-        JobError: listing every bad field by dotted path, with the fix.
-    """
-    merged = _merge(dict(data), env_overrides(environ))
-    try:
-        return Job.model_validate(merged)
-    except ValidationError as e:
-        lines = [_describe(err) for err in e.errors(include_url=False)]
-        raise job_error(f"{origin} is not valid", lines) from None
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise DuplicateKeyError(
-                    f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
-                    "keep one, as a repeated key would silently replace the first"
-                )
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)
-
-
-def _read_json(text: str) -> Any:
-    """JSON, refusing a key given twice in one object."""
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict:
-        out: dict = {}
-        for k, v in pairs:
-            if k in out:
-                raise DuplicateKeyError(f"key {k!r} is given twice in one object; keep one")
-            out[k] = v
-        return out
-
-    return json.loads(text, object_pairs_hook=unique)
-
-
-def load_job(path: str | Path | None = None, environ: Mapping[str, str] | None = None, **fields: Any) -> Job:
-    """Load a job from a YAML/JSON file (optional), then `fields`, then environment overrides.
-
-    Args:
-        path: a .yaml/.yml/.json file; None = start from `fields` only.
-        environ: environment to read overrides from (default: os.environ).
-        **fields: top-level fields set in code (e.g. from command-line flags); nested dicts merge.
-    """
-    data: dict = {}
-    origin = "job"
-    if path is not None:
-        p = Path(path)
-        origin = f"job file {p}"
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise JobError(f"cannot read {origin}: {e.strerror}; check the path") from None
-        try:
-            data = _read_json(text) if p.suffix.lower() == ".json" else yaml.load(text, Loader=_UniqueKeyLoader)
-        except DuplicateKeyError as e:
-            raise JobError(f"{origin}: {e}") from None
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise JobError(f"{origin} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise JobError(f"{origin} must hold a mapping of fields, but holds a {type(data).__name__}")
-    return parse_job(_merge(data, {k: v for k, v in fields.items() if v is not None}), environ, origin)
+    """One spelling per location (`schemas.uri.Uri`): s3:// without a trailing slash, local paths resolved."""
+    return str(Uri.parse(uri))

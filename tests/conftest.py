@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.helpers import make_random_checkpoint
+from tests.support.helpers import make_random_checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +74,7 @@ def prefect_harness():
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """A Prefect server on 127.0.0.1 with its own home (SQLite database); its API URL and environment."""
-    from tests.servers import prefect_server as start
+    from tests.support.servers import prefect_server as start
 
     with start(tmp_path_factory.mktemp("prefect-home")) as server:
         yield server

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 FIRST_PARTY = ("schemas", "fastsam_core", "workers", "flows")
 
 #: Room -> the first-party rooms its modules may import (its own included), and third-party packages it must not.

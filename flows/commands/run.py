@@ -21,7 +21,8 @@ from flows.commands.jobs import job_fields
 from flows.prefect_server import offline, quiet_logs, temporary_server
 from flows.run import prepare
 from schemas.errors import NothingToDoError, RunFailedError, StoreError
-from schemas.job import Job, load_job
+from schemas.job import Job
+from schemas.job_file import load_job
 from schemas.layout import RunLayout
 from workers import runs
 from workers.storage import ObjectStore

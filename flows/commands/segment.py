@@ -11,7 +11,8 @@ import json
 import sys
 
 from schemas.errors import ImageError
-from schemas.job import ClipSpec, ModelSpec, SelectionSpec, parse_spec
+from schemas.job import ClipSpec, ModelSpec, SelectionSpec
+from schemas.job_file import parse_spec
 from schemas.tables import image_id
 from workers.labelling import rows
 from workers.labelling.decode import decode_image

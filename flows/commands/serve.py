@@ -7,7 +7,7 @@ import argparse
 from flows.commands.jobs import job_fields
 from flows.prefect_server import offline
 from flows.run import allowed
-from schemas.job import load_job
+from schemas.job_file import load_job
 
 
 def main(args: argparse.Namespace) -> int:

@@ -27,7 +27,8 @@ from schemas.errors import (
     TableError,
 )
 from schemas.fingerprint import InputHashes, differences, fingerprint
-from schemas.job import StorageSpec, parse_job
+from schemas.job import StorageSpec
+from schemas.job_file import parse_job
 from schemas.layout import RunLayout
 from schemas.manifest import Plan, RunManifest, ShardState
 from schemas.tables import ATTEMPT_KEY, RUN_KEY, SHARD_KEY, ImageStatus

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks: `make bench-*`; numbers and how to read them in docs/benchmarks.md."""

@@ -1,0 +1,100 @@
+"""The incremental index: (URI, ETag) of what committed runs labelled, compacted, read in one go."""
+
+import pyarrow as pa
+import pytest
+
+from schemas import RunLayout
+from schemas.tables import IMAGES_SCHEMA
+from workers.runs import index
+from workers.storage import LocalStore
+from workers.storage.files import read_parquet
+
+
+def _images(rows: list[tuple[str, str | None, str]]) -> pa.Table:
+    n = len(rows)
+    cols = {name: [None] * n for name in IMAGES_SCHEMA.names}
+    cols.update(
+        run_id=["r"] * n,
+        shard_id=[0] * n,
+        image_id=[f"id{i}" for i in range(n)],
+        uri=[u for u, _, _ in rows],
+        key=[u.rsplit("/", 1)[-1] for u, _, _ in rows],
+        etag=[e for _, e, _ in rows],
+        status=[s for _, _, s in rows],
+        model_sha256=["0" * 64] * n,
+    )
+    return pa.table(cols, schema=IMAGES_SCHEMA)
+
+
+def _commit(out: LocalStore, run_id: str, rows) -> None:
+    index.add_run(out, run_id, [_images(rows)])
+    out.put(RunLayout(run_id).success, b"")
+
+
+def test_only_objects_labelled_for_good_with_a_known_etag_are_indexed():
+    images = _images(
+        [
+            ("s3://b/a.jpg", "e1", "ok"),
+            ("s3://b/b.jpg", "e2", "decode_error"),  # will fail again: indexed
+            ("s3://b/c.jpg", "e3", "read_error"),  # may pass next time: not indexed
+            ("s3://b/d.jpg", "e4", "label_error"),
+            ("s3://b/e.jpg", "e5", "worker_lost"),
+            ("s3://b/f.jpg", None, "ok"),  # unknown ETag: cannot be matched, so not indexed
+        ]
+    )
+    rows = index.rows_of(images, "r")
+    assert rows.to_pylist() == [
+        {"uri": "s3://b/a.jpg", "etag": "e1", "run_id": "r"},
+        {"uri": "s3://b/b.jpg", "etag": "e2", "run_id": "r"},
+    ]
+
+
+def test_unseen_matches_uri_and_etag_and_never_a_missing_etag():
+    listing = pa.table({"uri": ["s3://b/a", "s3://b/b", "s3://copy/a", "s3://b/c"], "etag": ["1", "2x", "1", None]})
+    seen = pa.table({"uri": ["s3://b/a", "s3://b/b", "s3://b/c"], "etag": ["1", "2", None], "run_id": ["r"] * 3})
+    assert index.unseen(listing, seen).to_pylist() == [False, True, True, True]
+    no_etags = pa.table({"uri": ["s3://b/a", "s3://b/b"], "etag": [None, None]})  # a null-typed column
+    assert index.unseen(no_etags, seen).to_pylist() == [True, True]
+
+
+def test_a_part_counts_once_its_run_is_committed_and_compaction_keeps_every_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(index, "COMPACT_AT", 3)
+    out = LocalStore(tmp_path)
+    index.add_run(out, "uncommitted", [_images([("s3://b/x.jpg", "e", "ok")])])  # no _SUCCESS
+    assert index.load(out).num_rows == 0
+    for i in range(5):
+        _commit(out, f"r{i}", [(f"s3://b/{i}.jpg", f"e{i}", "ok"), ("s3://b/same.jpg", "s", "ok")])
+    keys = sorted(o.key for o in out.list("index/"))
+    # r3's commit found 3 counted parts (r0-r2) and merged them into its base, beside its own part
+    # (a base holds committed runs only); r4 added a part.
+    assert keys == [
+        "index/base-r3.parquet",
+        "index/part-r3.parquet",
+        "index/part-r4.parquet",
+        "index/part-uncommitted.parquet",
+    ]
+    loaded = index.load(out)
+    pairs = sorted(set(zip(loaded["uri"].to_pylist(), loaded["etag"].to_pylist(), strict=True)))
+    assert pairs == sorted([(f"s3://b/{i}.jpg", f"e{i}") for i in range(5)] + [("s3://b/same.jpg", "s")])
+    base = read_parquet(out, "index/base-r3.parquet", "index")
+    assert base.num_rows == 4  # r0..r2 plus one "same.jpg" row: duplicates merged
+
+
+def test_an_output_without_an_index_is_indexed_from_its_committed_runs(tmp_path):
+    from tests.support.synthetic_run import make_run
+
+    out = LocalStore(tmp_path)
+    make_run(out, "old", n_images=0, masks_per_image=1, keys=["a.jpg"], source="s3://b")
+    for obj in list(out.list("index/")):  # written before the index existed: the run only
+        out.delete(obj.key)
+    assert index.load(out).column("uri").to_pylist() == ["s3://b/a.jpg"]
+    _commit(out, "new", [("s3://b/b.jpg", "e2", "ok")])
+    assert sorted(o.key for o in out.list("index/")) == ["index/base-new.parquet", "index/part-new.parquet"]
+    assert sorted(index.load(out).column("uri").to_pylist()) == ["s3://b/a.jpg", "s3://b/b.jpg"]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_empty_runs_index_nothing(tmp_path, n):
+    out = LocalStore(tmp_path)
+    _commit(out, "empty", [("s3://b/a.jpg", "e", "read_error")] * n)
+    assert index.load(out).num_rows == 0
