@@ -38,6 +38,7 @@ class ColorWordEmbedder:
 
     name = "color-words"
     logit_scale = 10.0
+    dim = len(PALETTE)
 
     def __init__(self, radius: float = 60.0):
         self.radius = radius

@@ -29,10 +29,12 @@ class Embedder(Protocol):
     Attributes:
         name: identifies the model (recorded with the scores).
         logit_scale: multiplies cosine similarities before the softmax over prompts (CLIP: 100).
+        dim: length of the embeddings.
     """
 
     name: str
     logit_scale: float
+    dim: int
 
     def embed_images(self, crops: Iterable[np.ndarray]) -> np.ndarray:
         """(N, D) float32 unit vectors for N RGB uint8 crops (H_i, W_i, 3), consumed in order.
@@ -101,6 +103,7 @@ class ClipEmbedder:
         self.name = f"open_clip:{arch}"
         self.logit_scale = float(self.model.logit_scale.detach().exp().clamp(max=100)) if weights is not None else 100.0
         self.chunk_size = chunk_size
+        self.dim = int(self.model.visual.output_dim)
         self._text_cache: dict[tuple[str, ...], np.ndarray] = {}
 
     def embed_images(self, crops: Iterable[np.ndarray]) -> np.ndarray:
@@ -109,7 +112,7 @@ class ClipEmbedder:
         Two stages overlap: a helper thread cuts and resizes the next `chunk_size` crops (pulling them
         from `crops`, so mask decoding and cropping run there too) while the model runs on this chunk.
         """
-        dim = self.model.visual.output_dim
+        dim = self.dim
         out = []
         chunks = self._inputs(iter(crops))
         with ThreadPoolExecutor(1, thread_name_prefix="clip-prep") as prep:

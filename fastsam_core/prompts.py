@@ -226,3 +226,14 @@ def with_labels(batch: MaskBatch, n_prompts: int, mode: str = "instances", thres
             if label[i] == NO_MASK or cos[i, j] > cos[i, label[i]]:
                 label[i], score[i] = j, prob[i, j]
     return batch.with_columns(label=label, label_score=score)
+
+
+def scored_batch(mask_ids: np.ndarray, cosine: np.ndarray, prob: np.ndarray) -> MaskBatch:
+    """A batch holding only mask ids and scores, for `with_labels` on masks read back from a table.
+
+    Labelling looks at mask ids and the score columns only; the geometry columns are placeholders.
+    """
+    n = len(mask_ids)
+    z = np.zeros(n)
+    rles = [{"size": [0, 0], "counts": b""}] * n
+    return MaskBatch((0, 0), np.zeros((n, 4)), z, rles, z, z, mask_ids, {"clip_cosine": cosine, "clip_prob": prob})

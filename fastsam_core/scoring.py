@@ -84,6 +84,23 @@ def scored_rows(batch: MaskBatch, min_area: int = 100, max_masks: int | None = N
     return rows
 
 
+def similarities(img_emb: np.ndarray, txt_emb: np.ndarray, logit_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity and prompt probabilities of N image embeddings against T text embeddings.
+
+    Args:
+        img_emb: (N, D) unit vectors (any float dtype; computed in float32).
+        txt_emb: (T, D) float32 unit vectors.
+        logit_scale: multiplies the cosines before the softmax over the T texts (CLIP: 100).
+
+    Returns:
+        (cosine, prob), both (N, T) float32.
+    """
+    cos = np.asarray(img_emb, np.float32) @ np.asarray(txt_emb, np.float32).T
+    z = logit_scale * cos
+    z = np.exp(z - z.max(1, keepdims=True))
+    return cos, z / z.sum(1, keepdims=True)
+
+
 def score_images(
     images: Sequence[np.ndarray],
     batches: Sequence[MaskBatch],
@@ -93,6 +110,7 @@ def score_images(
     min_area: int = 100,
     max_masks: int | None = None,
     margin: float = 0.05,
+    keep_embeddings: bool = False,
 ) -> list[MaskBatch]:
     """Similarity of every mask of several images to every prompt, in one stream of crops.
 
@@ -103,18 +121,21 @@ def score_images(
         images: B (H, W, 3) RGB uint8 images.
         batches: their masks, one MaskBatch per image.
         embedder: the image/text model.
-        prompts: P positive texts.
+        prompts: P positive texts; may be empty with `keep_embeddings`.
         negatives: Q texts that veto a label.
         min_area: masks of this many pixels or fewer are not scored.
         max_masks: score at most this many masks per image (see `scored_rows`); None = all.
         margin: crop context, as a fraction of the box's longer side.
+        keep_embeddings: also return each mask's image embedding.
 
     Returns:
-        The B batches with two more columns, both (N, P + Q) float32 with the positive prompts
-        first, then the negatives, NaN for masks not scored: "clip_cosine" (cosine similarity) and
-        "clip_prob" (softmax over all P + Q prompts of logit_scale * cosine).
+        The B batches with, when there are prompts, two more columns, both (N, P + Q) float32 with
+        the positive prompts first, then the negatives, NaN for masks not scored: "clip_cosine"
+        (cosine similarity) and "clip_prob" (softmax over all P + Q prompts of logit_scale *
+        cosine, `similarities`); with `keep_embeddings`, "clip_embedding": (N, D) float32 unit
+        vectors, NaN rows for masks not scored.
     """
-    if not prompts:
+    if not prompts and not keep_embeddings:
         raise ValueError("prompts must hold at least one text")
     if len(images) != len(batches):
         raise ValueError(f"got {len(images)} images but {len(batches)} mask batches")
@@ -124,19 +145,23 @@ def score_images(
         iter_crops(im, b, r, margin) for im, b, r in zip(images, batches, rows, strict=True)
     )
     img_emb = embedder.embed_images(crops) if sum(map(len, rows)) else None
-    txt_emb = embedder.embed_texts(texts) if img_emb is not None else None
+    txt_emb = embedder.embed_texts(texts) if img_emb is not None and texts else None
     out, start = [], 0
     for b, r in zip(batches, rows, strict=True):
-        cosine = np.full((len(b), len(texts)), np.nan, np.float32)
-        prob = np.full((len(b), len(texts)), np.nan, np.float32)
+        columns = {}
+        if texts:
+            columns["clip_cosine"] = np.full((len(b), len(texts)), np.nan, np.float32)
+            columns["clip_prob"] = np.full((len(b), len(texts)), np.nan, np.float32)
+        if keep_embeddings:
+            columns["clip_embedding"] = np.full((len(b), embedder.dim), np.nan, np.float32)
         if len(r):
-            cos = img_emb[start : start + len(r)] @ txt_emb.T
+            emb = img_emb[start : start + len(r)]
             start += len(r)
-            z = embedder.logit_scale * cos
-            z = np.exp(z - z.max(1, keepdims=True))
-            cosine[r] = cos
-            prob[r] = z / z.sum(1, keepdims=True)
-        out.append(b.with_columns(clip_cosine=cosine, clip_prob=prob))
+            if texts:
+                columns["clip_cosine"][r], columns["clip_prob"][r] = similarities(emb, txt_emb, embedder.logit_scale)
+            if keep_embeddings:
+                columns["clip_embedding"][r] = emb
+        out.append(b.with_columns(**columns))
     return out
 
 

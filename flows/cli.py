@@ -1,6 +1,7 @@
 """The `fastsam-label` command line: the parser, and dispatch to one module per command (flows.commands).
 
     run      label a collection: the Prefect flow on a Ray pool (job file and/or flags)
+    reprompt a committed run's masks scored against new prompts from its stored embeddings
     status   a run's summary, from its manifest (or its progress, while it runs)
     serve    the flow as a Prefect deployment on a cron schedule
     export   a committed run for review or training tools (COCO, CVAT, Label Studio, YOLO)
@@ -28,7 +29,8 @@ from schemas.params import EverythingParams
 
 #: The module of each command; each has `main(args) -> exit code`.
 COMMANDS = {
-    name: f"flows.commands.{name}" for name in ("run", "status", "serve", "export", "report", "demo", "segment")
+    name: f"flows.commands.{name}"
+    for name in ("run", "reprompt", "status", "serve", "export", "report", "demo", "segment")
 }
 
 
@@ -60,11 +62,34 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="label a collection (Prefect flow, Ray actors)", description=_RUN_HELP)
     r.add_argument("job", nargs="?", type=Path, help="job file (.yaml or .json); flags override its fields")
     r.add_argument("--run-id", help="reuse a run id to resume that run (default: UTC time + random suffix)")
-    r.add_argument("--incremental", action="store_true", help="only objects new or changed since earlier runs")
+    r.add_argument(
+        "--incremental",
+        nargs="?",
+        const="labels",
+        default="off",
+        choices=["labels", "source", "off"],
+        help="skip objects earlier runs labelled: 'labels' (the default when given) relabels objects whose "
+        "labels came from another model, CLIP, prompts or selection; 'source' skips any object labelled at "
+        "the same ETag, whatever labelled it",
+    )
     r.add_argument(
         "--allow-unpinned", action="store_true", help="let this run load weights without a pinned sha256 (operator)"
     )
     add_job_flags(r)
+
+    rq = sub.add_parser(
+        "reprompt", help="score a committed run's masks against new prompts (no image read)", description=_REPROMPT_HELP
+    )
+    rq.add_argument("parent", metavar="RUN", help="the committed run (labelled with clip.keep_embeddings: true)")
+    rq.add_argument("--output", required=True, help="the output the run is under (s3://bucket/prefix or a folder)")
+    rq.add_argument("--prompt", action="append", required=True, help="a text prompt; repeat for several")
+    rq.add_argument("--negative", action="append", default=[], help="a negative prompt; repeat for several")
+    rq.add_argument("--selection-mode", choices=["instances", "best", "none"], default="instances",
+                    help="how scores become labels (default: instances)")  # fmt: skip
+    rq.add_argument("--threshold", type=float, default=0.5, help="minimum label probability (default 0.5)")
+    rq.add_argument("--run-id", help="reuse a run id to resume that reprompt run")
+    rq.add_argument("--clip-weights", help="where the run's CLIP weights are now, if they moved (same sha256)")
+    rq.add_argument("--endpoint-url", help="S3-compatible endpoint (default: the run's)")
 
     st = sub.add_parser("status", help="a run's summary from its manifest")
     st.add_argument("run_id", help="the run id")
@@ -77,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("job", nargs="?", type=Path, help="job file (.yaml or .json); flags override its fields")
     sv.add_argument("--cron", default="0 3 * * *", help="cron schedule, UTC (default: 03:00 daily)")
     sv.add_argument("--name", default="scheduled", help="deployment name (default: scheduled)")
-    sv.add_argument("--full", action="store_true", help="label everything each run (default: only new or changed)")
+    sv.add_argument("--full", action="store_true", help="label everything each run (default: incremental)")
+    sv.add_argument(
+        "--incremental",
+        choices=["labels", "source"],
+        default="labels",
+        help="what an unchanged object's earlier labels must match to be skipped (default: labels; see run)",
+    )
     add_job_flags(sv)
 
     ex = sub.add_parser("export", help="a committed run as COCO, Label Studio or YOLO files", description=_EXPORT_HELP)
@@ -132,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _SERVE_HELP = """Serve label-collection as a Prefect deployment with a cron schedule (needs PREFECT_API_URL
 pointing at a Prefect server, or runs against a temporary local one). Scheduled runs are incremental
-unless --full: each labels only the objects that are new or changed since the earlier runs."""
+unless --full: each labels only the objects that are new or changed since the earlier runs, and the
+objects whose labels came from another model, CLIP, prompts or selection (--incremental labels)."""
 
 _EXPORT_HELP = """Write a committed run for review or training tools: coco (pycocotools, FiftyOne; --layout cvat
 for CVAT's and Datumaro's COCO 1.0 folders), label-studio (tasks with brush and/or polygon
@@ -140,6 +172,11 @@ predictions and the labeling config; --label-studio-url and --project import the
 with the token from LABEL_STUDIO_API_KEY), yolo (a dataset ultralytics trains on: data.yaml,
 images/, labels/). Errored images and objects whose key cannot be a file path are left out and
 counted; the filters choose masks."""
+
+_REPROMPT_HELP = """Score every mask of a committed run against new text prompts from the CLIP embeddings the run
+stored (clip.keep_embeddings: true), without reading an image, and commit the result as a new run
+under the same output (exports, status and the tables treat it as any run). The CLIP model must be
+the one that made the embeddings."""
 
 _RUN_HELP = """Label every image under the job's source and write the tables under {output}/runs/{run_id}/.
 Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""

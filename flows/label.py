@@ -57,7 +57,7 @@ def transient_only(task, task_run, state) -> bool:
 
 
 @task(name="plan", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only, cache_policy=NONE)
-def plan_task(prepared: PreparedRun, incremental: bool) -> Plan:
+def plan_task(prepared: PreparedRun, incremental: bool | str) -> Plan:
     """List and shard the source, or load this run id's plan (refused when another job made it)."""
     return open_run(prepared, incremental)
 
@@ -88,10 +88,11 @@ def report_markdown(summary: RunSummary) -> str:
         f"# fastsam-label run `{summary.run_id}`: {summary.state}",
         f"Output: `{summary.output}`",
         "",
-        "| objects | labelled | failed | masks | skipped (unchanged) | seconds | images/s |",
-        "|---|---|---|---|---|---|---|",
-        f"| {c.objects} | {c.labelled} | {c.failed} | {c.masks} | {c.skipped} | "
-        f"{summary.seconds} | {summary.images_per_second} |",
+        "| objects | labelled | failed | masks | skipped (unchanged) | new | changed | relabelled | seconds "
+        "| images/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {c.objects} | {c.labelled} | {c.failed} | {c.masks} | {c.skipped} | {c.new} | {c.changed} | "
+        f"{c.relabelled} | {summary.seconds} | {summary.images_per_second} |",
         "",
         "| error kind | objects |",
         "|---|---|",
@@ -110,7 +111,7 @@ def report_markdown(summary: RunSummary) -> str:
 def label_collection(
     job: dict | None = None,
     run_id: str | None = None,
-    incremental: bool = False,
+    incremental: bool | str = False,
     prepared: Any = None,  # a PreparedRun (typed Any: deployment runs validate parameters, and never pass one)
     pool: Any = None,  # a PoolStart
 ) -> dict:
@@ -120,7 +121,8 @@ def label_collection(
         job: the job as a dict (the fields of `schemas.Job`), prepared here (flows.run.prepare);
             or None when `prepared` is given.
         run_id: reuse an id to resume that run; None = a new unique id (with `job` only).
-        incremental: label only objects that are new or changed since earlier committed runs.
+        incremental: skip objects earlier committed runs labelled: "labels" (or True) unless their labels
+            came from another labelling fingerprint, "source" whatever labelled them; "off" (False) labels all.
         prepared: a run prepared by the caller (the CLI, the demo), used as it is.
         pool: a Labeler pool the caller started ahead for the prepared job; None = start one here.
 
@@ -142,6 +144,8 @@ def label_collection(
         plan = plan_task(prepared, incremental)
         if (unlisted := plan.list_errors.warning(spec.source.uri)) is not None:
             log.warning(unlisted)
+        if (line := plan.incremental_line()) is not None:
+            print(f"run {layout.run_id}: {line}")
         if runs.is_committed(output, layout):
             summary = runs.load_manifest(output, layout).summary.model_copy(update={"labelled_now": 0})
             print(summary.one_line())

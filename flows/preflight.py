@@ -80,7 +80,7 @@ def preflight(job: Job, layout: RunLayout) -> Checked:
     except CheckpointError as e:
         raise CheckpointError(f"model.checkpoint: {e}") from None
     clip_sha = None
-    if job.prompts and c.arch != "color-words":
+    if job.uses_clip and c.arch != "color-words":
         try:
             weights = resolve_weights(c.weights, c.sha256, c.allow_unpinned, job.storage)
             clip_sha = verify_checkpoint(weights, c.sha256, allow_unpinned=c.allow_unpinned)

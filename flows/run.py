@@ -20,7 +20,7 @@ from schemas.fingerprint import InputHashes, fingerprint
 from schemas.job import Job
 from schemas.job_file import parse_job
 from schemas.layout import RunLayout
-from schemas.manifest import Plan
+from schemas.manifest import IncrementalMode, Plan
 from schemas.operator import OperatorPolicy
 from workers import runs
 from workers.storage import ObjectStore, open_store
@@ -81,7 +81,7 @@ def prepare(job: dict | Job, run_id: str | None = None) -> PreparedRun:
     return prepared
 
 
-def open_run(prepared: PreparedRun, incremental: bool) -> Plan:
+def open_run(prepared: PreparedRun, incremental: bool | IncrementalMode) -> Plan:
     """The run's plan: made now (list, filter, shard), or the existing one when the run is resumed.
 
     Call it while holding the run's lease (workers.runs.lease.RunLease).

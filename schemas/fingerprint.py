@@ -8,6 +8,8 @@ batch sizes, threads, endpoints, retries) are not part of it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +38,7 @@ def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
     """The job's output-deciding settings, by dotted field name (JSON-serialisable values)."""
     m, c = job.model, job.clip
     scored = bool(job.prompts)
+    clip_used = job.uses_clip
     return {
         "source.uri": normalize_uri(job.source.uri),
         "source.include": list(job.source.include),
@@ -48,10 +51,11 @@ def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
         "model.retina": m.retina,
         "model.half": m.half,
         **({"model.runtime": m.runtime} if m.runtime != "torch" else {}),
-        "clip.arch": c.arch if scored else None,
-        "clip.sha256": hashes.clip if scored else None,
-        "clip.min_area": c.min_area if scored else None,
-        **({"clip.max_masks": c.max_masks} if scored and c.max_masks is not None else {}),
+        "clip.arch": c.arch if clip_used else None,
+        "clip.sha256": hashes.clip if clip_used else None,
+        "clip.min_area": c.min_area if clip_used else None,
+        **({"clip.max_masks": c.max_masks} if clip_used and c.max_masks is not None else {}),
+        **({"clip.keep_embeddings": True, "clip.embedding_dtype": c.embedding_dtype} if c.keep_embeddings else {}),
         "prompts": list(job.prompts),
         "negative_prompts": list(job.negative_prompts),
         "selection.mode": job.selection.mode if scored else None,
@@ -60,7 +64,30 @@ def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
         "limits.max_bytes": job.limits.max_bytes,
         "limits.max_pixels": job.limits.max_pixels,
         "schema_version": SCHEMA_VERSION,
+        **({"reprompt.parent": job.reprompt_of} if job.reprompt_of else {}),
     }
+
+
+#: Fingerprint fields that decide which objects a run reads, how big they may be, and what else it keeps,
+#: but not the labels it gives an object: left out of the labelling fingerprint.
+_NOT_LABELLING = ("source.", "limits.", "reprompt.", "clip.keep_embeddings", "clip.embedding_dtype")
+
+
+def labelling(fp: dict[str, Any]) -> dict[str, Any]:
+    """The labelling fingerprint: the fields of a job fingerprint that decide an object's labels.
+
+    Model sha256 and parameters, the runtime where it changes outputs, CLIP model and weights,
+    prompts, negatives, selection, the prompt table's hash and the schema version; not the source,
+    its filters, the limits, or whether embeddings are kept. Two runs with the same labelling
+    fingerprint give an unchanged object the same masks and labels.
+    """
+    return {k: v for k, v in fp.items() if not k.startswith(_NOT_LABELLING)}
+
+
+def labelling_id(fp: dict[str, Any]) -> str:
+    """A short stable id of `labelling(fp)`: 16 hex digits of the sha256 of its canonical JSON."""
+    text = json.dumps(labelling(fp), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

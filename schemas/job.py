@@ -182,6 +182,11 @@ class ClipSpec(_Spec):
         max_masks: score at most this many masks per image, those with the highest detector score x
             stability; the others keep null scores and no label. None = every mask (full recall);
             a number trades recall for speed, as CLIP crops cost far more than segmentation on a CPU.
+        keep_embeddings: write each scored mask's CLIP image embedding (a unit vector) to the
+            `embeddings` table, so `fastsam-label reprompt` can score new prompts without reading an
+            image. CLIP runs even without prompts when this is set.
+        embedding_dtype: how the embeddings are stored: "float16" (half the size; cosines within
+            about 1e-3 of float32's: docs/benchmarks.md) or "float32" (exact).
     """
 
     arch: str = "ViT-B-32"
@@ -191,6 +196,8 @@ class ClipSpec(_Spec):
     min_area: int = Field(100, ge=0)
     batch_size: int = Field(64, ge=1, le=4096)
     max_masks: int | None = Field(None, ge=1)
+    keep_embeddings: bool = False
+    embedding_dtype: Literal["float16", "float32"] = "float16"
 
 
 class SelectionSpec(_Spec):
@@ -299,6 +306,8 @@ class Job(_Spec):
         prompt_table_sha256: pinned hash of the prompt table; the flow sets it when the run starts, so
             every actor labels with the table that was checked.
         model, clip, selection, compute, limits, storage: see their classes.
+        reprompt_of: set by `fastsam-label reprompt` only: the committed run whose masks and stored
+            CLIP embeddings this run scores against its prompts (no image is read).
     """
 
     source: SourceSpec
@@ -313,6 +322,7 @@ class Job(_Spec):
     compute: ComputeSpec = ComputeSpec()
     limits: LimitsSpec = LimitsSpec()
     storage: StorageSpec = StorageSpec()
+    reprompt_of: str | None = None
 
     @field_validator("prompt_table")
     @classmethod
@@ -356,10 +366,10 @@ class Job(_Spec):
         overlap = [p for p in self.prompts if p.casefold() in negatives]
         if overlap:
             raise ValueError(f"{overlap} are both prompts and negative_prompts; keep each in one list")
-        if self.prompts and self.clip.arch != "color-words" and self.clip.weights is None:
+        if self.uses_clip and self.clip.arch != "color-words" and self.clip.weights is None:
             raise ValueError(
-                f"clip.weights is required to score prompts with {self.clip.arch}: give a path or s3:// URI and "
-                "clip.sha256, or set clip.arch to color-words (the offline stand-in)"
+                f"clip.weights is required to score prompts or keep embeddings with {self.clip.arch}: give a path "
+                "or s3:// URI and clip.sha256, or set clip.arch to color-words (the offline stand-in)"
             )
         if (
             self.model.checkpoint
@@ -370,6 +380,11 @@ class Job(_Spec):
         if normalize_uri(self.source.uri) == normalize_uri(self.output):
             raise ValueError("output must differ from source.uri, or the outputs would be listed as inputs")
         return self
+
+    @property
+    def uses_clip(self) -> bool:
+        """Whether the job runs CLIP: it has prompts, or keeps mask embeddings."""
+        return bool(self.prompts) or self.clip.keep_embeddings
 
     @property
     def all_prompts(self) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
     runs/{run_id}/lease/{generation:06d}.json       who runs the run now (workers.runs.lease)
     runs/{run_id}/plan.json                         the plan and the job's fingerprint; created once
     runs/{run_id}/shards/shard-{n:05d}.parquet      a shard's work list (SHARD_SCHEMA)
-    runs/{run_id}/{table}/shard-{n:05d}.parquet     a shard's part of the images, masks, prompts tables
+    runs/{run_id}/{table}/shard-{n:05d}.parquet     a shard's part of the images, masks, prompts, embeddings tables
     runs/{run_id}/done/shard-{n:05d}.json           the shard's marker (ShardMarker); created once
     runs/{run_id}/_attempts/{attempt}/{table}/shard-{n:05d}.parquet   an attempt's tables before publishing
     runs/{run_id}/manifest.json                     at commit
@@ -11,6 +11,7 @@
     runs/{run_id}/_SUCCESS                          written last: the run is committed
     index/part-{run_id}.parquet                     objects a committed run labelled (INDEX_SCHEMA)
     index/base-{run_id}.parquet                     parts merged by a compaction
+    tables/{images,masks,embeddings}/               the Delta Lake tables of every committed run (workers.tables)
 
 Readers of a run's tables (`pyarrow.dataset.dataset(f"{RUN}/masks")`) see only published files:
 attempts live under `_attempts/`, which dataset discovery skips (names starting with "_" or ".").
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from schemas.errors import LayoutError
 
 #: Output tables written per shard.
-TABLES = ("images", "masks", "prompts")
+TABLES = ("images", "masks", "prompts", "embeddings")
 #: Folder of the run folders under the output.
 RUNS = "runs/"
 #: Folder of the incremental index under the output.

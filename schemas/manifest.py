@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.stats import MaskStats
 from schemas.tables import SCHEMA_VERSION
@@ -32,6 +32,7 @@ class ShardSummary(BaseModel):
         labelled: objects labelled (status ok).
         masks: rows written to the masks table.
         prompts: rows written to the prompts table.
+        embeddings: rows written to the embeddings table (jobs with clip.keep_embeddings).
         errors_by_kind: failed objects per ImageStatus.
         stage_seconds: wall seconds per stage summed over the shard's images
             (read, decode, segment, score) plus write (the shard's table uploads).
@@ -50,6 +51,7 @@ class ShardSummary(BaseModel):
     labelled: int
     masks: int
     prompts: int = 0
+    embeddings: int = 0
     errors_by_kind: dict[str, int] = Field(default_factory=dict)
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     seconds: float = 0.0
@@ -92,12 +94,38 @@ class ShardMarker(BaseModel):
     created_at: datetime
 
 
+#: How a run consults earlier runs: "off" (label every listed object), "labels" (skip objects an
+#: earlier run labelled at the same ETag with the same labelling fingerprint), "source" (skip objects
+#: labelled at the same ETag, whatever labelled them).
+IncrementalMode = Literal["off", "labels", "source"]
+
+
+def incremental_mode(value: bool | str | None) -> IncrementalMode:
+    """A mode from what callers pass: True means "labels", False/None "off".
+
+    Raises:
+        JobError: an unknown mode, naming the choices.
+    """
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "labels"
+    if value not in ("off", "labels", "source"):
+        from schemas.errors import JobError
+
+        raise JobError(f"incremental must be one of off, labels, source, but got {value!r}")
+    return value
+
+
 class RunCounts(BaseModel):
     """Object and row counts of a run.
 
     Attributes:
         listed: source objects the listing matched (after the job's filters).
-        skipped: of those, left out because an earlier committed run labelled the same URI and ETag.
+        skipped: of those, left out as unchanged since an earlier committed run (incremental runs).
+        new, changed, relabelled: of those planned by an incremental run, objects no earlier run
+            labelled, objects whose ETag changed, and objects unchanged but labelled under another
+            labelling fingerprint (model, CLIP, prompts or selection).
         objects: objects in the shards done so far (= images-table rows).
         labelled: of those, labelled (status ok).
         failed: of those, failed (any other status).
@@ -107,6 +135,9 @@ class RunCounts(BaseModel):
 
     listed: int = 0
     skipped: int = 0
+    new: int = 0
+    changed: int = 0
+    relabelled: int = 0
     objects: int = 0
     labelled: int = 0
     failed: int = 0
@@ -183,12 +214,11 @@ class RunSummary(BaseModel):
         output: str,
         state: RunState,
         shards_planned: int,
-        listed: int,
-        skipped: int,
+        plan: Plan,
         done: Iterable[ShardSummary],
         **extra: Any,
     ) -> RunSummary:
-        """Totals over the done shards' summaries."""
+        """Totals over the done shards' summaries, with the plan's listing counts."""
         done = list(done)
         errors: Counter = Counter()
         stages: Counter = Counter()
@@ -199,8 +229,11 @@ class RunSummary(BaseModel):
             for role, hashes in s.models.items():
                 models.setdefault(role, set()).update(hashes)
         counts = RunCounts(
-            listed=listed,
-            skipped=skipped,
+            listed=plan.listed,
+            skipped=plan.skipped,
+            new=plan.new,
+            changed=plan.changed,
+            relabelled=plan.relabelled,
             objects=sum(s.objects for s in done),
             labelled=sum(s.labelled for s in done),
             failed=sum(errors.values()),
@@ -283,8 +316,13 @@ class Plan(BaseModel):
         shards: number of shards (ids 0..shards-1).
         objects: source objects in the plan.
         listed: objects the source listing matched before incremental filtering.
-        skipped: objects left out because an earlier committed run labelled the same URI and ETag.
-        incremental: whether earlier runs were consulted.
+        skipped: objects left out as unchanged since an earlier committed run (see `incremental`).
+        incremental: how earlier runs were consulted (IncrementalMode; plans made before modes
+            existed say true, which meant "source").
+        new, changed, relabelled: incremental runs: planned objects no earlier run labelled, whose
+            ETag changed, and unchanged but labelled under another labelling fingerprint.
+        relabel_because: the labelling fields in which the earlier runs of relabelled objects differ
+            from this run's ("model.conf", "prompts", ...).
         list_errors: parts of the source that could not be listed (their objects are not in the plan).
         fingerprint: the planning job's fingerprint (schemas.fingerprint).
         created_at: UTC time the plan was made.
@@ -295,10 +333,32 @@ class Plan(BaseModel):
     objects: int
     listed: int
     skipped: int = 0
-    incremental: bool = False
+    incremental: IncrementalMode = "off"
+    new: int = 0
+    changed: int = 0
+    relabelled: int = 0
+    relabel_because: list[str] = Field(default_factory=list)
     list_errors: ListErrors = ListErrors()
     fingerprint: dict
     created_at: datetime
+
+    @field_validator("incremental", mode="before")
+    @classmethod
+    def _legacy_bool(cls, v: Any) -> Any:
+        return {True: "source", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    def incremental_line(self) -> str | None:
+        """What an incremental plan found, for people; None for a full run."""
+        if self.incremental == "off":
+            return None
+        because = f" ({', '.join(self.relabel_because[:6])} differ)" if self.relabel_because else ""
+        relabel = ""
+        if self.relabelled:
+            relabel = f", {self.relabelled:,} labelled under other settings{because}: relabelling"
+        return (
+            f"incremental ({self.incremental}): {self.new:,} new, {self.changed:,} changed{relabel}; "
+            f"{self.skipped:,} unchanged skipped"
+        )
 
 
 class LeaseRecord(BaseModel):

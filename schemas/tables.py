@@ -127,15 +127,43 @@ SHARD_SCHEMA = _schema(
     ],
 )
 
-#: One row per object an earlier committed run labelled for good, under {output}/index/.
+#: One row per object an earlier committed run labelled for good, under {output}/index/. Index files
+#: written before the labelling column existed are read with it filled from their run's plan.
 INDEX_SCHEMA = _schema(
     "index",
     [
         pa.field("uri", pa.string(), nullable=False),  # the source object's URI (source prefix + key)
         pa.field("etag", pa.string(), nullable=False),  # the ETag that was read
         pa.field("run_id", pa.string(), nullable=False),  # the run that labelled it
+        pa.field("labelling", pa.string(), nullable=False),  # its labelling fingerprint (fingerprint.labelling_id)
     ],
 )
+
+#: Schema metadata of an embeddings table: how its vectors are stored.
+EMBEDDING_DTYPE_KEY = b"fastsam_label.embedding_dtype"
+EMBEDDING_DIM_KEY = b"fastsam_label.embedding_dim"
+EMBEDDING_TYPES = {"float16": pa.float16(), "float32": pa.float32()}
+
+
+def embeddings_schema(dim: int, dtype: str = "float16") -> pa.Schema:
+    """One row per scored mask: its CLIP image embedding, a unit vector of `dim` values stored as `dtype`.
+
+    The dtype ("float16" or "float32") and the dimension are in the schema metadata
+    (EMBEDDING_DTYPE_KEY, EMBEDDING_DIM_KEY) as well as in the column type.
+    """
+    schema = _schema(
+        "embeddings",
+        [
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("mask_id", pa.int32(), nullable=False),  # the masks-table row it belongs to
+            pa.field("embedding", pa.list_(EMBEDDING_TYPES[dtype], dim), nullable=False),  # L2-normalised
+        ],
+    )
+    return schema.with_metadata(
+        {**schema.metadata, EMBEDDING_DTYPE_KEY: dtype.encode(), EMBEDDING_DIM_KEY: str(dim).encode()}
+    )
+
 
 SCHEMAS = {
     "images": IMAGES_SCHEMA,

@@ -48,7 +48,7 @@ def exit_code(summary: dict) -> int:
     return 0
 
 
-def run_job(job: Job, run_id: str | None, incremental: bool, debug: bool = False) -> tuple[int, dict | None]:
+def run_job(job: Job, run_id: str | None, incremental: bool | str, debug: bool = False) -> tuple[int, dict | None]:
     """Prepare the run, run the flow with a progress bar, print the summary; the exit code and the summary."""
     offline()
     from flows.label import label_collection

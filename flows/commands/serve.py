@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
     label_collection.serve(
         name=args.name,
         cron=args.cron,
-        parameters={"job": job.model_dump(mode="json"), "incremental": not args.full},
+        parameters={"job": job.model_dump(mode="json"), "incremental": "off" if args.full else args.incremental},
         limit=1,  # one run at a time: overlapping incremental runs would label the same new objects
         pause_on_shutdown=False,
     )

@@ -27,9 +27,9 @@ def test_status_of_an_unfinished_run_and_its_report(tmp_path, capsys):
     assert status["output"] == (tmp_path / "out/runs/half").as_uri()
 
     summary = RunSummary.of_shards(
-        "half", "out", "failed", 2, 4, 0, [first], failed_shards={1: "ShardError: boom"}, seconds=2.0,
+        "half", "out", "failed", 2, plan, [first], failed_shards={1: "ShardError: boom"}, seconds=2.0,
         labelled_now=2, images_per_second=1.0,
     )  # fmt: skip
     md = report_markdown(summary)
     assert "`half`: failed" in md and "- 1: ShardError: boom" in md
-    assert f"| 2 | 2 | 0 | {first.masks} | 0 | 2.0 | 1.0 |" in md
+    assert f"| 2 | 2 | 0 | {first.masks} | 0 | 0 | 0 | 0 | 2.0 | 1.0 |" in md

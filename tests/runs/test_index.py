@@ -1,13 +1,13 @@
-"""The incremental index: (URI, ETag) of what committed runs labelled, compacted, read in one go."""
+"""The incremental index: (URI, ETag, labelling fingerprint) of what committed runs labelled, compacted."""
 
 import pyarrow as pa
 import pytest
 
 from schemas import RunLayout
-from schemas.tables import IMAGES_SCHEMA
+from schemas.tables import IMAGES_SCHEMA, INDEX_SCHEMA
 from workers.runs import index
 from workers.storage import LocalStore
-from workers.storage.files import read_parquet
+from workers.storage.files import parquet_bytes, read_parquet
 
 
 def _images(rows: list[tuple[str, str | None, str]]) -> pa.Table:
@@ -26,8 +26,8 @@ def _images(rows: list[tuple[str, str | None, str]]) -> pa.Table:
     return pa.table(cols, schema=IMAGES_SCHEMA)
 
 
-def _commit(out: LocalStore, run_id: str, rows) -> None:
-    index.add_run(out, run_id, [_images(rows)])
+def _commit(out: LocalStore, run_id: str, rows, labelling: str = "L1") -> None:
+    index.add_run(out, run_id, [_images(rows)], labelling)
     out.put(RunLayout(run_id).success, b"")
 
 
@@ -42,28 +42,64 @@ def test_only_objects_labelled_for_good_with_a_known_etag_are_indexed():
             ("s3://b/f.jpg", None, "ok"),  # unknown ETag: cannot be matched, so not indexed
         ]
     )
-    rows = index.rows_of(images, "r")
+    rows = index.rows_of(images, "r", "L1")
     assert rows.to_pylist() == [
-        {"uri": "s3://b/a.jpg", "etag": "e1", "run_id": "r"},
-        {"uri": "s3://b/b.jpg", "etag": "e2", "run_id": "r"},
+        {"uri": "s3://b/a.jpg", "etag": "e1", "run_id": "r", "labelling": "L1"},
+        {"uri": "s3://b/b.jpg", "etag": "e2", "run_id": "r", "labelling": "L1"},
     ]
 
 
-def test_unseen_matches_uri_and_etag_and_never_a_missing_etag():
-    listing = pa.table({"uri": ["s3://b/a", "s3://b/b", "s3://copy/a", "s3://b/c"], "etag": ["1", "2x", "1", None]})
-    seen = pa.table({"uri": ["s3://b/a", "s3://b/b", "s3://b/c"], "etag": ["1", "2", None], "run_id": ["r"] * 3})
-    assert index.unseen(listing, seen).to_pylist() == [False, True, True, True]
-    no_etags = pa.table({"uri": ["s3://b/a", "s3://b/b"], "etag": [None, None]})  # a null-typed column
-    assert index.unseen(no_etags, seen).to_pylist() == [True, True]
+_SEEN = pa.table(
+    {"uri": ["s3://b/a", "s3://b/b", "s3://b/c", "s3://b/m"], "etag": ["1", "2", "3", "4"],
+     "run_id": ["r1", "r1", "r1", "r2"], "labelling": ["L1", "L1", "L1", "L2"]},
+    schema=INDEX_SCHEMA,
+)  # fmt: skip
+
+
+def test_classify_by_uri_etag_and_labelling_fingerprint_and_never_a_missing_etag():
+    listing = pa.table(
+        {"uri": ["s3://b/a", "s3://b/b", "s3://copy/a", "s3://b/c", "s3://b/m", "s3://b/new"],
+         "etag": ["1", "2x", "1", None, "4", "9"]}
+    )  # fmt: skip
+    U, N, C, R = index.UNCHANGED, index.NEW, index.CHANGED, index.RELABEL
+    # m was labelled by L2 only: relabelled under L1; b's bytes changed; c's ETag is unknown: changed
+    assert index.classify(listing, _SEEN, "L1").to_pylist() == [U, C, N, C, R, N]
+    # under L2 everything L1 labelled is relabelled, m is unchanged
+    assert index.classify(listing, _SEEN, "L2").to_pylist() == [R, C, N, C, U, N]
+    # source mode: whatever labelled it
+    assert index.classify(listing, _SEEN, None).to_pylist() == [U, C, N, C, U, N]
+    no_etags = pa.table({"uri": ["s3://b/a", "s3://b/z"], "etag": [None, None]})  # a null-typed column
+    assert index.classify(no_etags, _SEEN, "L1").to_pylist() == [C, N]
+    assert index.labelled_by(_SEEN, listing.slice(4, 1), "L1") == ["r2"]
+    assert index.labelled_by(_SEEN, listing, "L2") == ["r1"]
+
+
+def test_index_files_without_the_labelling_column_take_it_from_their_runs_plan(tmp_path):
+    from datetime import UTC, datetime
+
+    from schemas.fingerprint import labelling_id
+    from schemas.manifest import Plan
+
+    out = LocalStore(tmp_path)
+    fp = {"model.conf": 0.4, "source.uri": "s3://b"}
+    plan = Plan(run_id="old", shards=0, objects=0, listed=0, fingerprint=fp, created_at=datetime.now(UTC))
+    out.put(RunLayout("old").plan, plan.model_dump_json().encode())
+    old_part = pa.table({"uri": ["s3://b/a"], "etag": ["1"], "run_id": ["old"]})  # an index part of before
+    out.put("index/part-old.parquet", parquet_bytes(old_part.replace_schema_metadata(INDEX_SCHEMA.metadata)))
+    out.put(RunLayout("old").success, b"")
+    loaded = index.load(out)
+    assert loaded.to_pylist() == [
+        {"uri": "s3://b/a", "etag": "1", "run_id": "old", "labelling": labelling_id({"model.conf": 0.4})}
+    ]
 
 
 def test_a_part_counts_once_its_run_is_committed_and_compaction_keeps_every_row(tmp_path, monkeypatch):
     monkeypatch.setattr(index, "COMPACT_AT", 3)
     out = LocalStore(tmp_path)
-    index.add_run(out, "uncommitted", [_images([("s3://b/x.jpg", "e", "ok")])])  # no _SUCCESS
+    index.add_run(out, "uncommitted", [_images([("s3://b/x.jpg", "e", "ok")])], "L1")  # no _SUCCESS
     assert index.load(out).num_rows == 0
     for i in range(5):
-        _commit(out, f"r{i}", [(f"s3://b/{i}.jpg", f"e{i}", "ok"), ("s3://b/same.jpg", "s", "ok")])
+        _commit(out, f"r{i}", [(f"s3://b/{i}.jpg", f"e{i}", "ok"), ("s3://b/same.jpg", "s", "ok")], f"L{i % 2}")
     keys = sorted(o.key for o in out.list("index/"))
     # r3's commit found 3 counted parts (r0-r2) and merged them into its base, beside its own part
     # (a base holds committed runs only); r4 added a part.
@@ -77,7 +113,13 @@ def test_a_part_counts_once_its_run_is_committed_and_compaction_keeps_every_row(
     pairs = sorted(set(zip(loaded["uri"].to_pylist(), loaded["etag"].to_pylist(), strict=True)))
     assert pairs == sorted([(f"s3://b/{i}.jpg", f"e{i}") for i in range(5)] + [("s3://b/same.jpg", "s")])
     base = read_parquet(out, "index/base-r3.parquet", "index")
-    assert base.num_rows == 4  # r0..r2 plus one "same.jpg" row: duplicates merged
+    # r0..r2 plus one "same.jpg" row per labelling fingerprint (L0: r0, r2; L1: r1): duplicates merged
+    assert sorted(base.to_pylist(), key=lambda r: (r["uri"], r["labelling"])) == [
+        {"uri": f"s3://b/{i}.jpg", "etag": f"e{i}", "run_id": f"r{i}", "labelling": f"L{i % 2}"} for i in range(3)
+    ] + [
+        {"uri": "s3://b/same.jpg", "etag": "s", "run_id": "r2", "labelling": "L0"},
+        {"uri": "s3://b/same.jpg", "etag": "s", "run_id": "r1", "labelling": "L1"},
+    ]
 
 
 def test_an_output_without_an_index_is_indexed_from_its_committed_runs(tmp_path):

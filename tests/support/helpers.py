@@ -116,6 +116,25 @@ def plan_for(job, run_id: str, incremental: bool = False, source=None):
     return runs.plan_run(checked.job, source, output, layout, fingerprint(checked.job, checked.hashes), incremental)
 
 
+def label_and_commit(job, run_id: str, incremental: bool | str = False):
+    """Plan, label every shard with a Labeler and commit a run as the flow does, without Prefect or Ray; the plan."""
+    from datetime import UTC, datetime
+
+    from schemas.layout import RunLayout
+    from workers import runs
+    from workers.labelling.labeler import Labeler
+    from workers.outputs import report
+    from workers.storage import open_store
+
+    plan = plan_for(job, run_id, incremental)
+    labeler = Labeler(job)
+    for shard_id in range(plan.shards):
+        labeler.label_shard(run_id, shard_id)
+    output = open_store(job.output, job.storage)
+    runs.commit_run(job, output, RunLayout(run_id), "test", datetime.now(UTC), report.at_commit)
+    return plan
+
+
 def flow_job(source: str, output: str, **extra) -> dict:
     """A small job (colour-word prompts, the shipped model, 1 actor) as the flow's parameter."""
     from schemas import parse_job

@@ -60,6 +60,7 @@ class Labeler:
         if job.prompt_table:
             self.image_prompts = load_prompt_table(job)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._embeddings = rows.embeddings_schema_of(job) if job.clip.keep_embeddings else None
 
     @property
     def models(self) -> dict[str, list[str]]:
@@ -110,6 +111,7 @@ class Labeler:
             stage_seconds=stage_s,
             models=self.models,
             worker=self.worker,
+            embeddings=rows.embeddings_table(results, layout.run_id, self._embeddings) if self._embeddings else None,
         )
 
     def label_results(self, objects: Sequence[ObjectInfo]) -> list[rows.ImageResult]:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.job import Job
-from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA, ImageStatus, image_id
+from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA, ImageStatus, embeddings_schema, image_id
 from workers.runs.parts import ShardPart
 from workers.storage import ObjectInfo, display_key
 
@@ -149,6 +149,31 @@ def masks_table(results: Sequence[ImageResult], run_id: str, prompts: Sequence[s
     return pa.table(cols, schema=MASKS_SCHEMA)
 
 
+def embeddings_table(results: Sequence[ImageResult], run_id: str, schema: pa.Schema) -> pa.Table:
+    """One row per scored mask of every labelled image (masks with a "clip_embedding" row), in masks-table order.
+
+    `schema` is `schemas.tables.embeddings_schema(dim, dtype)`: the vectors are stored in its dtype.
+    """
+    ids, mask_ids, vectors = [], [], []
+    for r in results:
+        if r.status != ImageStatus.OK or r.masks is None or "clip_embedding" not in r.masks.columns:
+            continue
+        emb = r.masks.columns["clip_embedding"]
+        keep = ~np.isnan(emb).any(1)
+        ids += [r.image_id] * int(keep.sum())
+        mask_ids += r.masks.mask_ids[keep].tolist()
+        vectors.append(emb[keep])
+    value_type = schema.field("embedding").type
+    dim = value_type.list_size
+    flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
+    values = pa.array(flat.astype(value_type.value_type.to_pandas_dtype()), value_type.value_type)
+    return pa.table(
+        {"run_id": [run_id] * len(ids), "image_id": ids, "mask_id": pa.array(mask_ids, pa.int32()),
+         "embedding": pa.FixedSizeListArray.from_arrays(values, dim)},
+        schema=schema,
+    )  # fmt: skip
+
+
 def prompts_table(results: Sequence[ImageResult], run_id: str) -> pa.Table:
     """One row per sidecar prompt of every labelled image."""
     cols: dict[str, list] = {name: [] for name in PROMPTS_SCHEMA.names}
@@ -205,4 +230,12 @@ def worker_lost_part(
         stage_seconds={},
         models={},
         worker="",
+        embeddings=embeddings_table([], run_id, embeddings_schema_of(job)) if job.clip.keep_embeddings else None,
     )
+
+
+def embeddings_schema_of(job: Job) -> pa.Schema:
+    """The embeddings table schema of a job that keeps embeddings (its CLIP's dimension, its dtype)."""
+    from workers.labelling.stack import embedding_dim
+
+    return embeddings_schema(embedding_dim(job.clip), job.clip.embedding_dtype)

@@ -35,13 +35,14 @@ class ModelStack:
 
     Attributes:
         segmenter: FastSAM everything mode with the job's parameters.
-        embedder: scores masks against `prompts`; None when there are no prompts.
+        embedder: scores masks against `prompts`; None when there are no prompts and no embeddings are kept.
         prompts, negatives: positive and vetoing texts (the score columns' order).
         selection: how scores become labels.
         min_area: masks of this many pixels or fewer are not scored.
         max_masks: most masks scored per image (the best by score x stability); None = all.
         threads: torch CPU threads while labelling (a fixed count per job keeps float sums, and so
             scores, equal bit for bit in every actor and in a direct call).
+        keep_embeddings: `score` also returns each scored mask's CLIP embedding ("clip_embedding").
     """
 
     segmenter: Segmenter
@@ -52,6 +53,7 @@ class ModelStack:
     min_area: int
     max_masks: int | None
     threads: int
+    keep_embeddings: bool = False
 
     @property
     def models(self) -> dict[str, list[str]]:
@@ -100,8 +102,11 @@ class ModelStack:
         if self.embedder is None:
             return list(batches)
         scored = score_images(
-            images, batches, self.embedder, self.prompts, self.negatives, self.min_area, self.max_masks
-        )
+            images, batches, self.embedder, self.prompts, self.negatives, self.min_area, self.max_masks,
+            keep_embeddings=self.keep_embeddings,
+        )  # fmt: skip
+        if not self.prompts:
+            return scored
         sel = self.selection
         return [with_labels(b, len(self.prompts), sel.mode, sel.threshold) for b in scored]
 
@@ -118,6 +123,7 @@ def build_stack(
     selection: SelectionSpec | None = None,
     storage: StorageSpec | None = None,
     cpus: float | None = None,
+    keep_embeddings: bool = False,
 ) -> ModelStack:
     """Fetch (s3://), verify and load the models a job's settings name.
 
@@ -129,6 +135,7 @@ def build_stack(
         selection: how scores become labels (default: instances at 0.5).
         storage: how to reach s3:// weights.
         cpus: CPUs the models may use (torch threads = its ceiling); None = this process's CPUs.
+        keep_embeddings: return each scored mask's CLIP embedding (CLIP is loaded even without prompts).
 
     Raises:
         fastsam_core.CheckpointError: a file's hash differs from its pin, or it is not a FastSAM model.
@@ -152,7 +159,7 @@ def build_stack(
         max_det=model.max_det,
         retina=model.retina,
     )
-    embedder = _embedder(clip, model, storage) if prompts else None
+    embedder = embedder_for(clip, model, storage) if prompts or keep_embeddings else None
     return ModelStack(
         segmenter=Segmenter(net, params),
         embedder=embedder,
@@ -162,6 +169,7 @@ def build_stack(
         min_area=clip.min_area,
         max_masks=clip.max_masks,
         threads=threads,
+        keep_embeddings=keep_embeddings,
     )
 
 
@@ -190,10 +198,23 @@ def stack_for(job: Job) -> ModelStack:
         job.selection,
         job.storage,
         job.compute.actor_cpus(machine_cpus()),
+        job.clip.keep_embeddings,
     )
 
 
-def _embedder(clip: ClipSpec, model: ModelSpec, storage: StorageSpec) -> Embedder:
+def embedding_dim(clip: ClipSpec) -> int:
+    """Length of the embeddings `clip` makes, from its architecture's configuration (no weights loaded)."""
+    if clip.arch == "color-words":
+        from fastsam_core.color_words import ColorWordEmbedder
+
+        return ColorWordEmbedder.dim
+    import open_clip
+
+    return int(open_clip.get_model_config(clip.arch)["embed_dim"])
+
+
+def embedder_for(clip: ClipSpec, model: ModelSpec, storage: StorageSpec) -> Embedder:
+    """The verified embedder `clip` names (the device and precision follow `model`'s)."""
     if clip.arch == "color-words":
         from fastsam_core.color_words import ColorWordEmbedder
 

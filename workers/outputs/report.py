@@ -197,7 +197,8 @@ def build(
     areas = [f"{10 ** (i * AREA_STEP):.0f} px" for i in range(len(stats.log10_area))]
     summary_rows = [
         ("objects", c.objects), ("labelled", c.labelled), ("failed", c.failed), ("masks", c.masks),
-        ("listed", c.listed), ("skipped (unchanged)", c.skipped), ("shards", s.shards_planned),
+        ("listed", c.listed), ("skipped (unchanged)", c.skipped), ("new", c.new), ("changed", c.changed),
+        ("relabelled", c.relabelled), ("shards", s.shards_planned),
         ("wall seconds", f"{seconds:.1f}"), ("images / s", f"{c.objects / seconds:.2f}" if seconds > 0 else "-"),
     ]  # fmt: skip
     sections = [

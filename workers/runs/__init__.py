@@ -8,7 +8,7 @@ The run-level steps most callers need are re-exported here: `from workers import
 """
 
 from workers.runs.commit import commit_run, done_markers, is_committed, load_manifest, summary_of
-from workers.runs.plan import check_same_job, load_plan, new_run_id, plan_run
+from workers.runs.plan import check_same_job, load_plan, new_run_id, plan_copy, plan_run
 
 __all__ = [
     "check_same_job",
@@ -18,6 +18,7 @@ __all__ = [
     "load_manifest",
     "load_plan",
     "new_run_id",
+    "plan_copy",
     "plan_run",
     "summary_of",
 ]

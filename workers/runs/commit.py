@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from schemas.errors import RunIncompleteError
+from schemas.fingerprint import labelling_id
 from schemas.job import Job
 from schemas.layout import RunLayout, parse_shard
 from schemas.manifest import Plan, RunManifest, RunState, RunSummary, ShardMarker, ShardState
@@ -47,8 +48,7 @@ def summary_of(
         output.uri_of(layout.prefix.rstrip("/")),
         state,
         plan.shards,
-        plan.listed,
-        plan.skipped,
+        plan,
         (markers[i].summary for i in sorted(markers)),
         list_errors=plan.list_errors,
         **extra,
@@ -115,7 +115,7 @@ def commit_run(
     output.put(layout.manifest, manifest.model_dump_json(indent=2).encode())
     if report is not None:
         report(output, layout, manifest, images)
-    index.add_run(output, layout.run_id, images)
+    index.add_run(output, layout.run_id, images, labelling_id(plan.fingerprint))
     output.put(layout.success, b"")
     return manifest
 

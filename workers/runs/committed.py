@@ -168,7 +168,11 @@ class CommittedRun:
     @property
     def tables(self) -> tuple[str, ...]:
         """The tables each shard of the run published."""
-        return ("images", "masks", "prompts") if self.manifest.job.get("prompt_table") else ("images", "masks")
+        job = self.manifest.job
+        extra = ("prompts",) if job.get("prompt_table") else ()
+        if (job.get("clip") or {}).get("keep_embeddings"):
+            extra += ("embeddings",)
+        return ("images", "masks", *extra)
 
     def verify(self) -> None:
         """Check every published file of the run from its footer, one ranged read each.
@@ -226,7 +230,8 @@ class CommittedRun:
 
 def _rows(state: ShardState, table: str) -> int:
     """Rows the shard's summary counts in `table`."""
-    return {"images": state.summary.objects, "masks": state.summary.masks, "prompts": state.summary.prompts}[table]
+    s = state.summary
+    return {"images": s.objects, "masks": s.masks, "prompts": s.prompts, "embeddings": s.embeddings}[table]
 
 
 def check_manifest(manifest: RunManifest, plan: Plan | None, where: str) -> None:

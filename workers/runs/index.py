@@ -1,4 +1,4 @@
-"""The incremental index: which source objects (URI and ETag) the committed runs under an output labelled.
+"""The incremental index: which source objects (URI and ETag) the committed runs under an output labelled, and how.
 
     index/part-{run_id}.parquet   written by a run's commit, just before its _SUCCESS (INDEX_SCHEMA)
     index/base-{run_id}.parquet   a compaction: parts and bases merged by the commit of `run_id`
@@ -9,9 +9,14 @@ base and deletes them; a planner reading at the same time may see both copies (h
 file gone (it lists again). Planning an incremental run reads this one small dataset, not the
 images tables of every earlier run.
 
-Matching is on (URI, ETag): the URI carries the source prefix, so a copy of a bucket is new; an
-object whose ETag is unknown never matches, so it is labelled. Objects whose status may pass on a
-later try (`ImageStatus.retry_later`) are not indexed.
+Each row carries the *labelling fingerprint* of the run that labelled the object
+(`schemas.fingerprint.labelling_id`: model, CLIP, prompts, selection). `classify` sorts a listing
+into unchanged (same URI, ETag and labelling), labelled by another labelling fingerprint, changed
+(the URI was labelled, at another ETag) and new, with one `is_in` each over joined keys.
+
+Matching is on the URI, which carries the source prefix, so a copy of a bucket is new; an object
+whose ETag is unknown never matches, so it is labelled. Objects whose status may pass on a later
+try (`ImageStatus.retry_later`) are not indexed.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.errors import ObjectNotFoundError, StoreUnavailableError
+from schemas.fingerprint import labelling_id
 from schemas.layout import INDEX, RUNS, RunLayout, index_base_key, index_part_key, parse_index_key, run_of
 from schemas.tables import INDEX_SCHEMA, ImageStatus
 from workers.storage import ObjectStore
@@ -36,14 +42,44 @@ _RETRY_LATER = pa.array([s.value for s in ImageStatus if s.retry_later])
 _EMPTY = INDEX_SCHEMA.empty_table()
 
 
-def rows_of(images: pa.Table, run_id: str) -> pa.Table:
-    """The index rows of a run's images table: objects labelled for good, with a known ETag."""
+#: `classify`'s kinds of listed object.
+UNCHANGED, NEW, CHANGED, RELABEL = 0, 1, 2, 3
+
+
+def rows_of(images: pa.Table, run_id: str, labelling: str) -> pa.Table:
+    """The index rows of a run's images table: objects labelled for good, with a known ETag.
+
+    Args:
+        images: IMAGES_SCHEMA rows.
+        run_id: the run that made them.
+        labelling: its labelling fingerprint id (`schemas.fingerprint.labelling_id`).
+    """
     keep = pc.and_(pc.invert(pc.is_in(images["status"], value_set=_RETRY_LATER)), pc.is_valid(images["etag"]))
     t = images.filter(keep)
+    n = t.num_rows
     return pa.table(
-        {"uri": t["uri"], "etag": t["etag"], "run_id": pa.array([run_id] * t.num_rows, pa.string())},
+        {"uri": t["uri"], "etag": t["etag"], "run_id": pa.array([run_id] * n, pa.string()),
+         "labelling": pa.array([labelling] * n, pa.string())},
         schema=INDEX_SCHEMA,
-    )
+    )  # fmt: skip
+
+
+def _labelling_of(output: ObjectStore, run_id: str) -> str:
+    """The labelling fingerprint id of a committed run, from its plan ("" when it has none)."""
+    from workers.runs.plan import load_plan  # the plan module reads this one
+
+    plan = load_plan(output, RunLayout(run_id))
+    return labelling_id(plan.fingerprint) if plan is not None else ""
+
+
+def _complete(output: ObjectStore, t: pa.Table) -> pa.Table:
+    """An index file's rows in INDEX_SCHEMA; files from before the labelling column get it from their runs' plans."""
+    if "labelling" in t.column_names:
+        return t.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)
+    runs = pc.unique(t["run_id"]).to_pylist()
+    ids = pa.array([_labelling_of(output, r) for r in runs], pa.string())
+    filled = pc.take(ids, pc.index_in(t["run_id"], value_set=pa.array(runs, pa.string())))
+    return pa.table({**{n: t[n] for n in ("uri", "etag", "run_id")}, "labelling": filled}, schema=INDEX_SCHEMA)
 
 
 def _counted(output: ObjectStore) -> list[str]:
@@ -76,18 +112,19 @@ def _legacy(output: ObjectStore, exclude: str | None = None) -> pa.Table:
         if run_id == exclude:
             continue
         run = CommittedRun(output, run_id)
-        tables += [rows_of(run.table("images", state), run_id) for state in run.manifest.shards]
+        lid = labelling_id(run.manifest.fingerprint)
+        tables += [rows_of(run.table("images", state), run_id, lid) for state in run.manifest.shards]
     return pa.concat_tables(tables)
 
 
 def load(output: ObjectStore) -> pa.Table:
-    """Every (uri, etag, run_id) the committed runs under `output` labelled (duplicates possible)."""
+    """Every (uri, etag, run_id, labelling) the committed runs under `output` labelled (duplicates possible)."""
     for _ in range(3):
         keys = _counted(output)
         if not keys:
             return _legacy(output)
         try:
-            return pa.concat_tables([_EMPTY, *(read_parquet(output, k, "index") for k in keys)])
+            return pa.concat_tables([_EMPTY, *(_complete(output, read_parquet(output, k, "index")) for k in keys)])
         except ObjectNotFoundError:  # compacted away while we read: list again
             continue
     raise StoreUnavailableError(f"the index under {output.uri_of(INDEX)} kept changing while it was read; try again")
@@ -101,25 +138,57 @@ def uris(source: ObjectStore, keys: pa.ChunkedArray | pa.Array, chunk: int = 100
     return pa.chunked_array(parts, pa.string())
 
 
-def _pair_keys(uri: pa.ChunkedArray, etag: pa.ChunkedArray) -> pa.ChunkedArray:
-    """One string per (uri, etag); null where the ETag is unknown. A newline cannot be in an ETag."""
-    return pc.binary_join_element_wise(uri.cast(pa.string()), etag.cast(pa.string()), "\n")
+def _joined(*columns: pa.ChunkedArray) -> pa.ChunkedArray:
+    """One string per row joining the columns; null where any is null. A newline is in no URI, ETag or id."""
+    return pc.binary_join_element_wise(*(c.cast(pa.string()) for c in columns), "\n")
 
 
-def unseen(listing: pa.Table, index: pa.Table) -> pa.ChunkedArray:
-    """(N,) bool over `listing` (columns uri, etag): True where no index row has the same URI and ETag.
+def classify(listing: pa.Table, index: pa.Table, labelling: str | None) -> pa.ChunkedArray:
+    """(N,) int8 over `listing` (columns uri, etag): UNCHANGED, NEW, CHANGED or RELABEL per object.
 
-    An object whose ETag is unknown never matches, so it counts as unseen.
+    UNCHANGED: an index row has the same URI and ETag, and (unless `labelling` is None) the same
+    labelling fingerprint. RELABEL: the same URI and ETag, labelled under another fingerprint only.
+    CHANGED: the URI is indexed with other ETags only. NEW: the URI is not indexed. An object whose
+    ETag is unknown never matches its ETag (CHANGED or NEW).
+
+    Args:
+        listing: the objects to plan.
+        index: `load`'s rows.
+        labelling: the planning job's labelling fingerprint id; None = match on URI and ETag only.
     """
     if listing.num_rows == 0:
-        return pa.chunked_array([pa.array([], pa.bool_())])
-    wanted = _pair_keys(listing["uri"], listing["etag"])
-    seen = pc.is_in(wanted, value_set=_pair_keys(index["uri"], index["etag"]).combine_chunks(), skip_nulls=True)
-    return pc.fill_null(pc.invert(seen), True)
+        return pa.chunked_array([pa.array([], pa.int8())])
+    uri, etag = listing["uri"], listing["etag"]
+    if labelling is None:
+        exact = pc.is_in(_joined(uri, etag), value_set=_joined(index["uri"], index["etag"]).combine_chunks())
+        same_bytes = exact
+    else:
+        lid = pa.array([labelling] * listing.num_rows, pa.string())
+        exact_keys = _joined(index["uri"], index["etag"], index["labelling"]).combine_chunks()
+        exact = pc.is_in(_joined(uri, etag, lid), value_set=exact_keys)
+        same_bytes = pc.is_in(_joined(uri, etag), value_set=_joined(index["uri"], index["etag"]).combine_chunks())
+    known_uri = pc.is_in(uri, value_set=index["uri"].combine_chunks())
+    exact, same_bytes = pc.fill_null(exact, False), pc.fill_null(same_bytes, False)
+    kind = pc.if_else(known_uri, pa.scalar(CHANGED, pa.int8()), pa.scalar(NEW, pa.int8()))
+    kind = pc.if_else(same_bytes, pa.scalar(RELABEL, pa.int8()), kind)
+    return pc.if_else(exact, pa.scalar(UNCHANGED, pa.int8()), kind)
 
 
-def add_run(output: ObjectStore, run_id: str, images: list[pa.Table]) -> None:
+def labelled_by(index: pa.Table, listing: pa.Table, labelling: str) -> list[str]:
+    """Runs that labelled the listed objects under another labelling fingerprint: the latest run of each fingerprint."""
+    if listing.num_rows == 0:
+        return []
+    rows = index.filter(pc.is_in(_joined(index["uri"], index["etag"]), value_set=_joined(
+        listing["uri"], listing["etag"]).combine_chunks()))  # fmt: skip
+    rows = rows.filter(pc.not_equal(rows["labelling"], labelling))
+    latest = rows.group_by("labelling").aggregate([("run_id", "max")])
+    return sorted(latest["run_id_max"].to_pylist())
+
+
+def add_run(output: ObjectStore, run_id: str, images: list[pa.Table], labelling: str) -> None:
     """Write the index part of a run about to commit (from its images tables); compact when files have gathered.
+
+    `labelling` is the run's labelling fingerprint id (`schemas.fingerprint.labelling_id`).
 
     The first commit under an output that has committed runs but no index also writes a base
     rebuilt from those runs' images tables, so the index is complete from then on.
@@ -130,7 +199,8 @@ def add_run(output: ObjectStore, run_id: str, images: list[pa.Table]) -> None:
         if legacy.num_rows:
             output.put(index_base_key(run_id), parquet_bytes(legacy))
             log.info("index: %d objects of earlier runs indexed under %s", legacy.num_rows, output.uri_of(INDEX))
-    output.put(index_part_key(run_id), parquet_bytes(pa.concat_tables([_EMPTY, *(rows_of(t, run_id) for t in images)])))
+    part = pa.concat_tables([_EMPTY, *(rows_of(t, run_id, labelling) for t in images)])
+    output.put(index_part_key(run_id), parquet_bytes(part))
     if len(before) >= COMPACT_AT:
         compact(output, run_id, before)
 
@@ -138,11 +208,11 @@ def add_run(output: ObjectStore, run_id: str, images: list[pa.Table]) -> None:
 def compact(output: ObjectStore, run_id: str, keys: list[str]) -> None:
     """Merge counted index files into `index/base-{run_id}.parquet`, then delete them."""
     try:
-        merged = pa.concat_tables([_EMPTY, *(read_parquet(output, k, "index") for k in keys)])
+        merged = pa.concat_tables([_EMPTY, *(_complete(output, read_parquet(output, k, "index")) for k in keys)])
     except ObjectNotFoundError:  # another commit compacted them first
         return
-    merged = merged.group_by(["uri", "etag"]).aggregate([("run_id", "max")])  # one row per (uri, etag)
-    merged = merged.select(["uri", "etag", "run_id_max"]).rename_columns(INDEX_SCHEMA.names)
+    merged = merged.group_by(["uri", "etag", "labelling"]).aggregate([("run_id", "max")])  # one row per key
+    merged = merged.select(["uri", "etag", "run_id_max", "labelling"]).rename_columns(INDEX_SCHEMA.names)
     output.put(index_base_key(run_id), parquet_bytes(merged.cast(INDEX_SCHEMA)))
     for key in keys:
         if key != index_base_key(run_id):

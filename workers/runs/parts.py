@@ -23,6 +23,7 @@ class ShardPart:
         stage_seconds: wall seconds per stage summed over the part's images.
         models: sha256 of the models that labelled it, by role ("fastsam", "clip").
         worker: host:pid of the actor.
+        embeddings: the embeddings table rows, or None when the job keeps no embeddings.
     """
 
     images: pa.Table
@@ -31,18 +32,22 @@ class ShardPart:
     stage_seconds: dict[str, float]
     models: dict[str, list[str]]
     worker: str
+    embeddings: pa.Table | None = None
 
     def tables(self) -> dict[str, pa.Table]:
-        """The part's tables by name (prompts only when the job has a prompt table)."""
+        """The part's tables by name (prompts and embeddings only when the job writes them)."""
         out = {"images": self.images, "masks": self.masks}
         if self.prompts is not None:
             out["prompts"] = self.prompts
+        if self.embeddings is not None:
+            out["embeddings"] = self.embeddings
         return out
 
 
 def join_parts(parts: Sequence[ShardPart]) -> ShardPart:
     """One part from consecutive parts, in order."""
     prompts = [p.prompts for p in parts if p.prompts is not None]
+    embeddings = [p.embeddings for p in parts if p.embeddings is not None]
     stages: dict[str, float] = {}
     models: dict[str, set[str]] = {}
     for p in parts:
@@ -57,6 +62,7 @@ def join_parts(parts: Sequence[ShardPart]) -> ShardPart:
         stage_seconds=stages,
         models={role: sorted(h) for role, h in models.items()},
         worker=",".join(sorted({p.worker for p in parts if p.worker})),
+        embeddings=pa.concat_tables(embeddings) if embeddings else None,
     )
 
 
@@ -74,6 +80,7 @@ def shard_summary(run_id: str, shard_id: int, attempt_id: str, part: ShardPart, 
         labelled=labelled,
         masks=part.masks.num_rows,
         prompts=part.prompts.num_rows if part.prompts is not None else 0,
+        embeddings=part.embeddings.num_rows if part.embeddings is not None else 0,
         errors_by_kind=dict(sorted(by_status.items())),
         stage_seconds=dict(part.stage_seconds),
         seconds=seconds,

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.errors import EmptySourceError, ObjectNotFoundError, RunMismatchError
-from schemas.fingerprint import differences
+from schemas.fingerprint import differences, labelling, labelling_id
 from schemas.job import Job, SourceSpec
 from schemas.layout import RunLayout
-from schemas.manifest import ListErrors, Plan
+from schemas.manifest import IncrementalMode, ListErrors, Plan, incremental_mode
 from schemas.tables import SHARD_SCHEMA
 from workers.runs import index
 from workers.storage import ObjectInfo, ObjectStore
@@ -28,6 +28,8 @@ from workers.storage.files import load_document, parquet_bytes, read_parquet
 
 #: Folders that could not be listed named in a plan (the rest are counted).
 _LISTED_ERRORS = 20
+#: Earlier runs whose plans are read to say why objects are relabelled.
+_RELABEL_RUNS_READ = 8
 
 
 def load_plan(output: ObjectStore, layout: RunLayout) -> Plan | None:
@@ -60,11 +62,12 @@ def plan_run(
     output: ObjectStore,
     layout: RunLayout,
     fingerprint: dict,
-    incremental: bool = False,
+    incremental: bool | IncrementalMode = False,
 ) -> Plan:
     """List, filter, sort and cut the source into shards; write the shard lists, then create the plan.
 
     Returns the existing plan when the run was planned before by a job of the same fingerprint.
+    `incremental`: an IncrementalMode (True = "labels"): which earlier labels let an object be skipped.
 
     Raises:
         RunMismatchError: the run was planned by another job.
@@ -86,10 +89,10 @@ def plan_run(
         )
     pool = pa.default_memory_pool()
     pool.release_unused()  # Arrow's allocator keeps freed pages: building a big listing leaves many
-    if incremental:
-        listing = pa.table({"uri": index.uris(source, objects["key"]), "etag": objects["etag"]})
-        objects = objects.filter(index.unseen(listing, index.load(output)))
-        del listing
+    mode = incremental_mode(incremental)
+    counts: dict = {}
+    if mode != "off":
+        objects, counts = _incremental(source, output, objects, fingerprint, mode)
         pool.release_unused()
     size = job.compute.shard_size
     shards = (objects.num_rows + size - 1) // size
@@ -101,8 +104,41 @@ def plan_run(
         objects=objects.num_rows,
         listed=listed,
         skipped=listed - objects.num_rows,
-        incremental=incremental,
+        incremental=mode,
         list_errors=list_errors,
+        fingerprint=fingerprint,
+        created_at=datetime.now(UTC),
+        **counts,
+    )
+    if not output.create(layout.plan, plan.model_dump_json(indent=2).encode()):
+        other = load_plan(output, layout)
+        if other is not None:
+            check_same_job(other, fingerprint)
+        from schemas.errors import RunBusyError
+
+        raise RunBusyError(f"run {layout.run_id} was planned by another flow at the same time; let that flow finish")
+    return plan
+
+
+def plan_copy(output: ObjectStore, layout: RunLayout, parent: Plan, fingerprint: dict) -> Plan:
+    """The plan of a run whose shards are those of the committed run `parent` planned (a reprompt run).
+
+    No listing and no shard lists: each shard is the parent's shard of the same id. Returns the
+    existing plan when the run was planned before by a job of the same fingerprint.
+
+    Raises:
+        RunMismatchError: the run was planned by another job.
+        RunBusyError: another flow planned it at the same time.
+    """
+    existing = load_plan(output, layout)
+    if existing is not None:
+        check_same_job(existing, fingerprint)
+        return existing
+    plan = Plan(
+        run_id=layout.run_id,
+        shards=parent.shards,
+        objects=parent.objects,
+        listed=parent.objects,
         fingerprint=fingerprint,
         created_at=datetime.now(UTC),
     )
@@ -114,6 +150,33 @@ def plan_run(
 
         raise RunBusyError(f"run {layout.run_id} was planned by another flow at the same time; let that flow finish")
     return plan
+
+
+def _incremental(
+    source: ObjectStore, output: ObjectStore, objects: pa.Table, fingerprint: dict, mode: IncrementalMode
+) -> tuple[pa.Table, dict]:
+    """The listed objects an incremental run labels, and the plan's counts of each kind (see `index.classify`)."""
+    listing = pa.table({"uri": index.uris(source, objects["key"]), "etag": objects["etag"]})
+    known = index.load(output)
+    current = labelling_id(fingerprint)
+    kind = index.classify(listing, known, current if mode == "labels" else None)
+    counts = {c["values"]: c["counts"] for c in pc.value_counts(kind).to_pylist()}
+    because: list[str] = []
+    if counts.get(index.RELABEL):
+        relabel = listing.filter(pc.equal(kind, index.RELABEL))
+        for run_id in index.labelled_by(known, relabel, current)[:_RELABEL_RUNS_READ]:
+            earlier = load_plan(output, RunLayout(run_id))
+            if earlier is not None:
+                fields = differences(labelling(earlier.fingerprint), labelling(fingerprint))
+                because += [f for f in fields if f not in because]
+    del listing, known
+    kept = objects.filter(pc.not_equal(kind, index.UNCHANGED))
+    return kept, {
+        "new": counts.get(index.NEW, 0),
+        "changed": counts.get(index.CHANGED, 0),
+        "relabelled": counts.get(index.RELABEL, 0),
+        "relabel_because": because,
+    }
 
 
 def list_source(

@@ -1,0 +1,30 @@
+"""`fastsam-label reprompt RUN --output URI --prompt P ...`: a committed run re-scored against new prompts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from flows.prefect_server import offline, quiet_logs, temporary_server
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the reprompt flow (flows.reprompt) on a temporary Prefect server; print the summary; 0 when committed."""
+    offline()
+    from flows.reprompt import reprompt_run
+
+    if not args.debug:
+        quiet_logs()
+    with temporary_server():
+        summary = reprompt_run(
+            output=args.output,
+            parent=args.parent,
+            prompts=list(args.prompt),
+            negatives=list(args.negative),
+            selection={"mode": args.selection_mode, "threshold": args.threshold},
+            run_id=args.run_id,
+            clip_weights=args.clip_weights,
+            endpoint_url=args.endpoint_url,
+        )
+    print(json.dumps(summary, indent=2))
+    return 0
