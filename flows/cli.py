@@ -2,6 +2,7 @@
 
     run      label a collection: the Prefect flow on a Ray pool (job file and/or flags)
     reprompt a committed run's masks scored against new prompts from its stored embeddings
+    tables   the Delta tables of every committed run: sync, optimize, vacuum
     status   a run's summary, from its manifest (or its progress, while it runs)
     serve    the flow as a Prefect deployment on a cron schedule
     export   a committed run for review or training tools (COCO, CVAT, Label Studio, YOLO)
@@ -30,7 +31,7 @@ from schemas.params import EverythingParams
 #: The module of each command; each has `main(args) -> exit code`.
 COMMANDS = {
     name: f"flows.commands.{name}"
-    for name in ("run", "reprompt", "status", "serve", "export", "report", "demo", "segment")
+    for name in ("run", "reprompt", "tables", "status", "serve", "export", "report", "demo", "segment")
 }
 
 
@@ -90,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument("--run-id", help="reuse a run id to resume that reprompt run")
     rq.add_argument("--clip-weights", help="where the run's CLIP weights are now, if they moved (same sha256)")
     rq.add_argument("--endpoint-url", help="S3-compatible endpoint (default: the run's)")
+
+    tb = sub.add_parser("tables", help="keep the Delta tables under {output}/tables/", description=_TABLES_HELP)
+    tb.add_argument("action", choices=["sync", "optimize", "vacuum"])
+    tb.add_argument("--output", required=True, help="the job's output (s3://bucket/prefix or a folder)")
+    tb.add_argument("--endpoint-url", help="S3-compatible endpoint")
+    tb.add_argument("--retention-hours", type=int, default=168, help="vacuum: keep files versions of this age read")
+    tb.add_argument("--dry-run", action="store_true", help="vacuum: list what would be deleted")
 
     st = sub.add_parser("status", help="a run's summary from its manifest")
     st.add_argument("run_id", help="the run id")
@@ -177,6 +185,12 @@ _REPROMPT_HELP = """Score every mask of a committed run against new text prompts
 stored (clip.keep_embeddings: true), without reading an image, and commit the result as a new run
 under the same output (exports, status and the tables treat it as any run). The CLIP model must be
 the one that made the embeddings."""
+
+_TABLES_HELP = """Every committed run is appended to Delta Lake tables under {output}/tables/{images,masks,embeddings}
+(what readers use: polars.read_delta, deltalake, Spark, DuckDB, Trino). sync appends committed runs the
+tables miss (after a commit that could not reach them); optimize compacts small files (weekly is plenty);
+vacuum deletes files that no version younger than --retention-hours reads (default a week: time travel
+stops there)."""
 
 _RUN_HELP = """Label every image under the job's source and write the tables under {output}/runs/{run_id}/.
 Any job field can also be set from the environment: FASTSAM_LABEL__MODEL__IMGSZ=640."""

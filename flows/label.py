@@ -1,5 +1,7 @@
 """The Prefect flow `label_collection`: check -> lease -> plan -> label shards on the Ray pool -> commit -> report.
 
+After the commit the run is appended to the Delta tables under {output}/tables/ (workers.tables).
+
 Only the job (a small dict), run and shard ids and shard summaries travel through Prefect; key
 lists live in the output store and image bytes never leave the actors.
 
@@ -81,6 +83,17 @@ def commit_task(job: Job, run_id: str, started_at: datetime) -> RunSummary:
     return runs.commit_run(job, output, RunLayout(run_id), code_version(), started_at, report.at_commit).summary
 
 
+@task(name="publish-tables", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only,
+      cache_policy=NONE)  # fmt: skip
+def publish_task(job: Job, run_id: str) -> dict[str, int]:
+    """Append the committed run to the Delta tables under {output}/tables/ (once; nothing when `job.tables` is off)."""
+    if not job.tables:
+        return {}
+    from workers.tables import delta
+
+    return delta.publish_run(open_store(job.output, job.storage), run_id)
+
+
 def report_markdown(summary: RunSummary) -> str:
     """The summary as a Markdown artifact."""
     c = summary.counts
@@ -147,6 +160,7 @@ def label_collection(
         if (line := plan.incremental_line()) is not None:
             print(f"run {layout.run_id}: {line}")
         if runs.is_committed(output, layout):
+            publish_task(spec, layout.run_id)  # a commit that could not reach the tables is healed here
             summary = runs.load_manifest(output, layout).summary.model_copy(update={"labelled_now": 0})
             print(summary.one_line())
             return summary.model_dump(mode="json")
@@ -176,6 +190,7 @@ def label_collection(
                 summary,
             )
         summary = commit_task(spec, layout.run_id, started).model_copy(update=extra)
+        publish_task(spec, layout.run_id)
     _report(summary, output, layout)
     return summary.model_dump(mode="json")
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows.label import code_version, transient_only
+from flows.label import code_version, publish_task, transient_only
 from flows.run import allowed
 from schemas.fingerprint import InputHashes, fingerprint
 from schemas.job import SelectionSpec, StorageSpec
@@ -91,6 +91,7 @@ def reprompt_run(
             todo = [i for i in range(plan.shards) if i not in done]
             reprompt_shards(Reprompter(store, parent_run, job, layout.run_id, embedder), todo)
             runs.commit_run(job, store, layout, code_version(), started, report.at_commit)
+        publish_task(job, layout.run_id)
         summary: RunSummary = runs.load_manifest(store, layout).summary
     seconds = time.perf_counter() - t0
     summary = summary.model_copy(update={"seconds": round(seconds, 2)})

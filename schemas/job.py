@@ -306,6 +306,8 @@ class Job(_Spec):
         prompt_table_sha256: pinned hash of the prompt table; the flow sets it when the run starts, so
             every actor labels with the table that was checked.
         model, clip, selection, compute, limits, storage: see their classes.
+        tables: append each committed run to the Delta Lake tables under `{output}/tables/`
+            (workers.tables.delta), what consumers read across runs.
         reprompt_of: set by `fastsam-label reprompt` only: the committed run whose masks and stored
             CLIP embeddings this run scores against its prompts (no image is read).
     """
@@ -322,6 +324,7 @@ class Job(_Spec):
     compute: ComputeSpec = ComputeSpec()
     limits: LimitsSpec = LimitsSpec()
     storage: StorageSpec = StorageSpec()
+    tables: bool = True
     reprompt_of: str | None = None
 
     @field_validator("prompt_table")

@@ -2,6 +2,7 @@
 
 flows  ->  workers.ray  ->  workers.labelling  ->  workers.runs  ->  workers.storage  ->  schemas
            workers.outputs ---------------------->  workers.runs
+           workers.tables (Delta Lake) ---------->  workers.runs
 fastsam_core (pure compute) is used by labelling, outputs and the weights cache; it imports schemas only.
 """
 
@@ -30,6 +31,7 @@ ROOMS = {
         {"workers.ray", "workers.labelling", "workers.runs", "workers.storage", "schemas"},
         {"prefect"},
     ),
+    "workers.tables": ({"workers.tables", "workers.runs", "workers.storage", "schemas"}, {"ray", "prefect", "torch"}),
     "workers.outputs": (
         {"workers.outputs", "workers.runs", "workers.labelling", "workers.storage", "schemas", "fastsam_core"},
         {"ray", "prefect"},
@@ -42,6 +44,7 @@ ROOMS = {
             "workers.labelling",
             "workers.ray",
             "workers.outputs",
+            "workers.tables",
             "schemas",
             "fastsam_core",
         },

@@ -2,6 +2,7 @@
 
 run      label a collection: the Prefect flow on a Ray pool (job file and/or flags)
 reprompt a committed run's masks scored against new prompts from its stored embeddings
+tables   the Delta tables of every committed run: sync, optimize, vacuum
 status   a run's summary, from its manifest (or its progress, while it runs)
 serve    the flow as a Prefect deployment on a cron schedule
 export   a committed run for review or training tools

@@ -195,11 +195,13 @@ class CommittedRun:
                     raise
                 except (TableError, pa.ArrowException, OSError) as e:
                     raise RunDamagedError(f"{where} is not a readable Parquet file ({e}): {DAMAGED_FIX}") from None
-                check_footer(where, meta, n, self.layout, state.shard_id, state.attempt_id, _rows(state, name))
+                check_footer(where, meta, n, self.layout, state.shard_id, state.attempt_id, table_rows(state, name))
 
     def table(self, name: str, state: ShardState) -> pa.Table:
         """One shard's published table, checked against the manifest (shards.read_shard_table)."""
-        return read_shard_table(self.output, self.layout, name, state.shard_id, state.attempt_id, _rows(state, name))
+        return read_shard_table(
+            self.output, self.layout, name, state.shard_id, state.attempt_id, table_rows(state, name)
+        )
 
     @property
     def prompts(self) -> list[str]:
@@ -228,7 +230,7 @@ class CommittedRun:
             yield ShardRows(state.shard_id, images, keep.apply(table))
 
 
-def _rows(state: ShardState, table: str) -> int:
+def table_rows(state: ShardState, table: str) -> int:
     """Rows the shard's summary counts in `table`."""
     s = state.summary
     return {"images": s.objects, "masks": s.masks, "prompts": s.prompts, "embeddings": s.embeddings}[table]

@@ -95,7 +95,7 @@ def _counted(output: ObjectStore) -> list[str]:
     return keys
 
 
-def _committed_runs(output: ObjectStore) -> list[str]:
+def committed_runs(output: ObjectStore) -> list[str]:
     """Runs with a _SUCCESS marker (one listing of runs/)."""
     return sorted({run_of(o.key) for o in output.list(RUNS) if o.key.endswith("/_SUCCESS")} - {None})
 
@@ -108,7 +108,7 @@ def _legacy(output: ObjectStore, exclude: str | None = None) -> pa.Table:
     from workers.runs.committed import CommittedRun  # it reads runs through workers.runs, which uses this module
 
     tables = [_EMPTY]
-    for run_id in _committed_runs(output):
+    for run_id in committed_runs(output):
         if run_id == exclude:
             continue
         run = CommittedRun(output, run_id)
