@@ -158,7 +158,7 @@ def label_collection(
         if (unlisted := plan.list_errors.warning(spec.source.uri)) is not None:
             log.warning(unlisted)
         if (line := plan.incremental_line()) is not None:
-            print(f"run {layout.run_id}: {line}")
+            log.info("run %s: %s", layout.run_id, line)
         if runs.is_committed(output, layout):
             publish_task(spec, layout.run_id)  # a commit that could not reach the tables is healed here
             summary = runs.load_manifest(output, layout).summary.model_copy(update={"labelled_now": 0})

@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows.label import code_version, publish_task, transient_only
@@ -83,7 +83,7 @@ def reprompt_run(
         model=fp["model.sha256"], clip=fp.get("clip.sha256"), prompt_table=fp.get("prompt_table.sha256")
     )
     layout = RunLayout(run_id or runs.new_run_id())
-    print(f"run {layout.run_id}: re-prompting run {parent} with {list(prompts)} (resume with --run-id {layout.run_id})")
+    get_run_logger().info("run %s: re-prompting run %s with %s", layout.run_id, parent, list(prompts))
     with RunLease(store, layout):
         plan = runs.plan_copy(store, layout, runs.load_plan(store, parent_run.layout), fingerprint(job, hashes))
         if not runs.is_committed(store, layout):

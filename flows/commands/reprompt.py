@@ -12,9 +12,12 @@ def main(args: argparse.Namespace) -> int:
     """Run the reprompt flow (flows.reprompt) on a temporary Prefect server; print the summary; 0 when committed."""
     offline()
     from flows.reprompt import reprompt_run
+    from workers.runs import new_run_id
 
     if not args.debug:
         quiet_logs()
+    run_id = args.run_id or new_run_id()
+    print(f"run {run_id}: re-prompting run {args.parent} with {args.prompt} (resume with --run-id {run_id})")
     with temporary_server():
         summary = reprompt_run(
             output=args.output,
@@ -22,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
             prompts=list(args.prompt),
             negatives=list(args.negative),
             selection={"mode": args.selection_mode, "threshold": args.threshold},
-            run_id=args.run_id,
+            run_id=run_id,
             clip_weights=args.clip_weights,
             endpoint_url=args.endpoint_url,
         )

@@ -24,6 +24,7 @@ from schemas.errors import NothingToDoError, RunFailedError, StoreError
 from schemas.job import Job
 from schemas.job_file import load_job
 from schemas.layout import RunLayout
+from schemas.manifest import Plan
 from workers import runs
 from workers.storage import ObjectStore
 
@@ -89,6 +90,12 @@ def _progress(output: ObjectStore, layout: RunLayout) -> Iterator[None]:
     )
     task = bar.add_task("shards", total=None)
     stop = threading.Event()
+    told: list[bool] = []
+
+    def tell(plan: Plan) -> None:  # what an incremental plan found, once, above the bar
+        if not told and (line := plan.incremental_line()) is not None:
+            bar.console.print(f"run {layout.run_id}: {line}", highlight=False, soft_wrap=True)
+        told.append(True)
 
     def poll() -> None:
         total = None
@@ -96,6 +103,7 @@ def _progress(output: ObjectStore, layout: RunLayout) -> Iterator[None]:
             try:
                 if total is None and (plan := runs.load_plan(output, layout)) is not None:
                     total = plan.shards
+                    tell(plan)
                 done = sum(1 for _ in output.list(layout.done_prefix))
             except StoreError:  # the flow reports store problems; the bar just waits
                 continue
@@ -109,3 +117,7 @@ def _progress(output: ObjectStore, layout: RunLayout) -> Iterator[None]:
         finally:
             stop.set()
             thread.join()
+    if not told:  # a run that ended before the first poll
+        with contextlib.suppress(StoreError):
+            if (plan := runs.load_plan(output, layout)) is not None:
+                tell(plan)
