@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export tiny-model
+.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export bench-reprompt tiny-model
 
 setup: $(VENV)/.installed
 
@@ -72,6 +72,10 @@ bench-plan: setup
 # Export time and peak memory against run size (exports stream: memory must not grow with the run).
 bench-export: setup
 	$(PY) -m benchmarks.bench_export
+
+# Re-prompting from stored embeddings vs labelling again, and float16 vs float32 embeddings (docs/benchmarks.md).
+bench-reprompt: setup
+	$(PY) -m benchmarks.bench_reprompt
 
 # Remake the shipped small model (about 10 minutes on 2 CPU cores).
 tiny-model: setup

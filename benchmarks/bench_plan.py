@@ -43,6 +43,7 @@ def _earlier_run(out: Path, n: int, legacy: bool) -> None:
     import pyarrow as pa
 
     from schemas import RunLayout
+    from schemas.fingerprint import labelling_id
     from schemas.tables import IMAGES_SCHEMA
     from workers.runs import index
     from workers.storage import LocalStore
@@ -68,7 +69,7 @@ def _earlier_run(out: Path, n: int, legacy: bool) -> None:
     for s, start in enumerate(range(0, n, step)):
         store.put(layout.table("images", s), parquet_bytes(images.slice(start, step)))
     if not legacy:
-        index.add_run(store, "earlier", [images])
+        index.add_run(store, "earlier", [images], labelling_id({}))  # the fingerprint the next plan has
     store.put(layout.success, b"")
 
 

@@ -76,7 +76,7 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
                 "output": str(workdir / "labels"),
                 "prompts": ["red", "blue", "green", "yellow"],
                 "negative_prompts": ["gray"],
-                "clip": {"arch": "color-words"},
+                "clip": {"arch": "color-words", "keep_embeddings": True},
                 "compute": {"shard_size": 8, "num_actors": 1, "cpus_per_actor": 2, "batch_size": 4},
                 "storage": {"endpoint_url": endpoint},
             }
@@ -90,4 +90,10 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
         print(f"manifest: {run}/manifest.json")
         print(f"report: {run}/report.html (open it in a browser)")
         print(f"read them: python -c \"import pyarrow.dataset as ds; print(ds.dataset('{run}/masks').to_table())\"")
+        tables = workdir / "labels" / "tables"
+        print(f"every committed run, one table each: {tables}/{{images,masks,embeddings}} (Delta Lake):")
+        print(f"  python -c \"import polars as pl; print(pl.read_delta('{tables}/masks'))\"")
+        print("re-prompt the masks from their stored embeddings, without reading an image:")
+        labels = workdir / "labels"
+        print(f"  fastsam-label reprompt {summary['run_id']} --output {labels} --prompt orange --prompt purple")
     return code

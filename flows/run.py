@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flows.preflight import preflight
+from schemas.errors import JobError
 from schemas.fingerprint import InputHashes, fingerprint
 from schemas.job import Job
 from schemas.job_file import parse_job
@@ -59,6 +60,19 @@ def allowed(job: dict | Job) -> Job:
     return OperatorPolicy.from_env().apply(spec)
 
 
+def refuse_reprompt_field(job: Job) -> None:
+    """Refuse a labelling job that sets `reprompt_of` (only `fastsam-label reprompt` sets it).
+
+    Raises:
+        JobError: naming the field and the command to use.
+    """
+    if job.reprompt_of is not None:
+        raise JobError(
+            f"reprompt_of: {job.reprompt_of!r} is set by `fastsam-label reprompt` only; remove it to label images, "
+            f"or run `fastsam-label reprompt {job.reprompt_of} --output OUTPUT --prompt ...`"
+        )
+
+
 def prepare(job: dict | Job, run_id: str | None = None) -> PreparedRun:
     """Validate, hold to the operator's policy, preflight and pin a job for a run (see the module docstring).
 
@@ -73,7 +87,9 @@ def prepare(job: dict | Job, run_id: str | None = None) -> PreparedRun:
         StoreError: the source or output cannot be reached, listed or written.
     """
     layout = RunLayout(run_id or runs.new_run_id())
-    checked = preflight(allowed(job), layout)
+    spec = allowed(job)
+    refuse_reprompt_field(spec)
+    checked = preflight(spec, layout)
     prepared = PreparedRun(checked.job, checked.hashes, layout, fingerprint(checked.job, checked.hashes))
     planned = runs.load_plan(prepared.output, layout)
     if planned is not None:  # a resume: with the job that planned the run only

@@ -6,16 +6,21 @@ import argparse
 import json
 
 from flows.prefect_server import offline, quiet_logs, temporary_server
+from schemas.job import StorageSpec
+from workers.storage import open_store
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the reprompt flow (flows.reprompt) on a temporary Prefect server; print the summary; 0 when committed."""
     offline()
     from flows.reprompt import reprompt_run
+    from workers.labelling.reprompt import embeddings_run
     from workers.runs import new_run_id
 
     if not args.debug:
         quiet_logs()
+    # Fail in seconds, before Prefect starts: the run must be committed and have stored embeddings.
+    embeddings_run(open_store(args.output, StorageSpec(endpoint_url=args.endpoint_url)), args.parent)
     run_id = args.run_id or new_run_id()
     print(f"run {run_id}: re-prompting run {args.parent} with {args.prompt} (resume with --run-id {run_id})")
     with temporary_server():

@@ -68,6 +68,17 @@ def _cases(tmp_path, s3_endpoint, bucket):
             2,
             r"job is not valid: output must differ",
         ),
+        "a labelling job naming a reprompt parent": (
+            ["run", job_file("parent", reprompt_of="n5")],
+            2,
+            r"reprompt_of: 'n5' is set by `fastsam-label reprompt` only; remove it to label images, or run "
+            r"`fastsam-label reprompt n5 --output OUTPUT --prompt \.\.\.`",
+        ),
+        "reprompt of a run that does not exist": (
+            ["reprompt", "nope", "--output", out, "--prompt", "dog"],
+            2,
+            r"no run nope under .*; check the run id and --output",
+        ),
     }  # fmt: skip
 
 
@@ -83,6 +94,8 @@ def _cases(tmp_path, s3_endpoint, bucket):
         "missing CLIP weights",
         "bad run id",
         "output inside the source",
+        "a labelling job naming a reprompt parent",
+        "reprompt of a run that does not exist",
     ],
 )
 def test_fails_fast_with_one_line(case, tmp_path, s3_endpoint, bucket, capsys):

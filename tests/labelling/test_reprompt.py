@@ -116,6 +116,14 @@ def test_reprompt_equals_a_full_run_with_the_new_prompts(tmp_path, source, clip_
     checked = runs.load_plan(LocalStore(out), RunLayout("full")).fingerprint
     assert labelling_id(runs.load_plan(LocalStore(out), RunLayout("again")).fingerprint) == labelling_id(checked)
     assert again.reprompt_of == "first"
+    other = clip_file.parent / "other.pt"  # the same architecture, other weights
+    torch.manual_seed(1)
+    torch.save(open_clip.create_model(ARCH, pretrained=None).state_dict(), other)
+    moved = reprompt_job(
+        CommittedRun(LocalStore(out), "first"), ("a dog",), (), SelectionSpec(), clip_weights=str(other)
+    )
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_embedder(moved, CommittedRun(LocalStore(out), "first"))
 
 
 def _all(out, run_id, table):
