@@ -122,26 +122,15 @@ def _full(src, out, run_id, prompts, negatives, weights, arch, dtype, shard_size
 
 def _reprompt(store, parent, run_id, prompts, negatives) -> float:
     """Reprompt `parent` into `run_id` (the CLIP model loaded first, not timed); seconds."""
-    from schemas import RunLayout
-    from schemas.fingerprint import InputHashes, fingerprint
     from schemas.job import SelectionSpec
-    from workers import runs
-    from workers.labelling.reprompt import Reprompter, embeddings_run, load_embedder, reprompt_job
-    from workers.outputs import report
+    from tests.support.helpers import reprompt_and_commit
+    from workers.labelling.reprompt import embeddings_run, load_embedder, reprompt_job
     from workers.runs.committed import CommittedRun
 
-    parent_run = CommittedRun(store, parent)
-    job = reprompt_job(parent_run, tuple(prompts), tuple(negatives), SelectionSpec())
+    job = reprompt_job(CommittedRun(store, parent), tuple(prompts), tuple(negatives), SelectionSpec())
     embedder = load_embedder(job, embeddings_run(store, parent))
     t0 = time.perf_counter()
-    fp = parent_run.manifest.fingerprint
-    hashes = InputHashes(model=fp["model.sha256"], clip=fp.get("clip.sha256"))
-    layout = RunLayout(run_id)
-    plan = runs.plan_copy(store, layout, runs.load_plan(store, parent_run.layout), fingerprint(job, hashes))
-    r = Reprompter(store, parent_run, job, run_id, embedder)
-    for i in range(plan.shards):
-        r.shard(i)
-    runs.commit_run(job, store, layout, "bench", datetime.now(UTC), report.at_commit)
+    reprompt_and_commit(store, parent, job, run_id, embedder)
     return time.perf_counter() - t0
 
 

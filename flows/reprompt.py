@@ -11,7 +11,6 @@ exports, `status` and readers of the tables treat it as a run.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger, task
@@ -19,7 +18,6 @@ from prefect.cache_policies import NONE
 
 from flows.label import code_version, publish_task, transient_only
 from flows.run import allowed
-from schemas.fingerprint import InputHashes, fingerprint
 from schemas.job import SelectionSpec, StorageSpec
 from schemas.layout import RunLayout
 from schemas.manifest import RunSummary
@@ -30,16 +28,12 @@ from workers.runs.committed import CommittedRun
 from workers.runs.lease import RunLease
 from workers.storage import open_store
 
-#: Shards re-scored at once (each is two reads, a matrix product and three writes).
-_THREADS = 8
-
 
 @task(name="reprompt-shards", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only,
       cache_policy=NONE)  # fmt: skip
 def reprompt_shards(reprompter: Reprompter, shard_ids: list[int]) -> int:
     """Re-score and commit the shards (done ones are skipped); the objects in them."""
-    with ThreadPoolExecutor(_THREADS, thread_name_prefix="reprompt") as pool:
-        return sum(s.objects for s in pool.map(reprompter.shard, shard_ids))
+    return reprompter.shards(shard_ids)
 
 
 @flow(name="reprompt", log_prints=True)
@@ -78,18 +72,14 @@ def reprompt_run(
                        clip_weights, output, endpoint_url)  # fmt: skip
     job = allowed(job)
     embedder = load_embedder(job, stored)
-    fp = parent_run.manifest.fingerprint
-    hashes = InputHashes(
-        model=fp["model.sha256"], clip=fp.get("clip.sha256"), prompt_table=fp.get("prompt_table.sha256")
-    )
     layout = RunLayout(run_id or runs.new_run_id())
     get_run_logger().info("run %s: re-prompting run %s with %s", layout.run_id, parent, list(prompts))
     with RunLease(store, layout):
-        plan = runs.plan_copy(store, layout, runs.load_plan(store, parent_run.layout), fingerprint(job, hashes))
+        reprompter = Reprompter(store, parent_run, job, layout.run_id, embedder)
+        plan = reprompter.plan()
         if not runs.is_committed(store, layout):
             done = runs.done_markers(store, layout)
-            todo = [i for i in range(plan.shards) if i not in done]
-            reprompt_shards(Reprompter(store, parent_run, job, layout.run_id, embedder), todo)
+            reprompt_shards(reprompter, [i for i in range(plan.shards) if i not in done])
             runs.commit_run(job, store, layout, code_version(), started, report.at_commit)
         publish_task(job, layout.run_id)
         summary: RunSummary = runs.load_manifest(store, layout).summary

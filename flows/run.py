@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from flows.preflight import preflight
 from schemas.errors import JobError
 from schemas.fingerprint import InputHashes, fingerprint
-from schemas.job import Job
+from schemas.job import IncrementalMode, Job
 from schemas.job_file import parse_job
 from schemas.layout import RunLayout
-from schemas.manifest import IncrementalMode, Plan
+from schemas.manifest import Plan
 from schemas.operator import OperatorPolicy
 from workers import runs
 from workers.storage import ObjectStore, open_store

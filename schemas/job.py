@@ -398,3 +398,24 @@ class Job(_Spec):
 def normalize_uri(uri: str) -> str:
     """One spelling per location (`schemas.uri.Uri`): s3:// without a trailing slash, local paths resolved."""
     return str(Uri.parse(uri))
+
+
+#: How a run consults earlier runs: "off" (label every listed object), "labels" (skip objects an
+#: earlier run labelled at the same ETag with the same labelling fingerprint), "source" (skip objects
+#: labelled at the same ETag, whatever labelled them).
+IncrementalMode = Literal["off", "labels", "source"]
+
+
+def incremental_mode(value: bool | str | None) -> IncrementalMode:
+    """A mode from what callers pass: True means "labels", False/None "off".
+
+    Raises:
+        JobError: an unknown mode, naming the choices.
+    """
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "labels"
+    if value not in ("off", "labels", "source"):
+        raise JobError(f"incremental must be one of off, labels, source, but got {value!r}")
+    return value

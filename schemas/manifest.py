@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.job import IncrementalMode
 from schemas.stats import MaskStats
 from schemas.tables import SCHEMA_VERSION
 
@@ -92,29 +93,6 @@ class ShardMarker(BaseModel):
     files: dict[str, TableFile]
     summary: ShardSummary
     created_at: datetime
-
-
-#: How a run consults earlier runs: "off" (label every listed object), "labels" (skip objects an
-#: earlier run labelled at the same ETag with the same labelling fingerprint), "source" (skip objects
-#: labelled at the same ETag, whatever labelled them).
-IncrementalMode = Literal["off", "labels", "source"]
-
-
-def incremental_mode(value: bool | str | None) -> IncrementalMode:
-    """A mode from what callers pass: True means "labels", False/None "off".
-
-    Raises:
-        JobError: an unknown mode, naming the choices.
-    """
-    if value is None or value is False:
-        return "off"
-    if value is True:
-        return "labels"
-    if value not in ("off", "labels", "source"):
-        from schemas.errors import JobError
-
-        raise JobError(f"incremental must be one of off, labels, source, but got {value!r}")
-    return value
 
 
 class RunCounts(BaseModel):

@@ -16,6 +16,17 @@ def rng():
 
 
 @pytest.fixture(scope="session")
+def five_scenes(tmp_path_factory):
+    """A folder of five JPEG scenes (0.jpg .. 4.jpg) of the small model's world, shared by the session."""
+    from tests.support.helpers import scene_bytes
+
+    src = tmp_path_factory.mktemp("five-scenes")
+    for i in range(5):
+        (src / f"{i}.jpg").write_bytes(scene_bytes(i))
+    return src
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 HTTP endpoint (moto) on 127.0.0.1, with fake credentials in the environment.
 

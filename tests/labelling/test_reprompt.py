@@ -12,10 +12,9 @@ from schemas.errors import CheckpointError, JobError
 from schemas.fingerprint import labelling_id
 from schemas.job import SelectionSpec
 from schemas.tables import EMBEDDING_DTYPE_KEY, check_table
-from tests.support.helpers import label_and_commit, run_rows, scene_bytes
+from tests.support.helpers import label_and_commit, reprompt_and_commit, run_rows
 from workers import runs
-from workers.labelling.reprompt import Reprompter, embeddings_run, load_embedder, reprompt_job
-from workers.outputs import report
+from workers.labelling.reprompt import embeddings_run, load_embedder, reprompt_job
 from workers.runs.committed import CommittedRun
 from workers.storage import LocalStore
 
@@ -31,11 +30,8 @@ def clip_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    src = tmp_path_factory.mktemp("src")
-    for i in range(5):
-        (src / f"{i}.jpg").write_bytes(scene_bytes(i))
-    return src
+def source(five_scenes):
+    return five_scenes
 
 
 def _job(src, out, prompts, negatives=(), clip=None, **extra):
@@ -53,23 +49,10 @@ def _job(src, out, prompts, negatives=(), clip=None, **extra):
 
 def _reprompt(out, parent, run_id, prompts, negatives=(), selection=None, **kw):
     store = LocalStore(out)
-    parent_run = CommittedRun(store, parent)
-    job = reprompt_job(parent_run, tuple(prompts), tuple(negatives), selection or SelectionSpec(), **kw)
-    embedder = load_embedder(job, embeddings_run(store, parent))
-    fp = parent_run.manifest.fingerprint
-    from datetime import UTC, datetime
-
-    from schemas.fingerprint import InputHashes, fingerprint
-
-    hashes = InputHashes(
-        model=fp["model.sha256"], clip=fp.get("clip.sha256"), prompt_table=fp.get("prompt_table.sha256")
+    job = reprompt_job(
+        CommittedRun(store, parent), tuple(prompts), tuple(negatives), selection or SelectionSpec(), **kw
     )
-    layout = RunLayout(run_id)
-    plan = runs.plan_copy(store, layout, runs.load_plan(store, parent_run.layout), fingerprint(job, hashes))
-    r = Reprompter(store, parent_run, job, run_id, embedder)
-    for i in range(plan.shards):
-        r.shard(i)
-    runs.commit_run(job, store, layout, "test", datetime.now(UTC), report.at_commit)
+    reprompt_and_commit(store, parent, job, run_id, load_embedder(job, embeddings_run(store, parent)))
     return job
 
 

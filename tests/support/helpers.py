@@ -135,6 +135,21 @@ def label_and_commit(job, run_id: str, incremental: bool | str = False):
     return plan
 
 
+def reprompt_and_commit(store, parent: str, job, run_id: str, embedder):
+    """A reprompt run of committed run `parent` (job: `reprompt_job(...)`), shards and commit as the flow does."""
+    from datetime import UTC, datetime
+
+    from schemas.layout import RunLayout
+    from workers import runs
+    from workers.labelling.reprompt import Reprompter
+    from workers.outputs import report
+    from workers.runs.committed import CommittedRun
+
+    r = Reprompter(store, CommittedRun(store, parent), job, run_id, embedder)
+    r.shards(range(r.plan().shards))
+    return runs.commit_run(job, store, RunLayout(run_id), "test", datetime.now(UTC), report.at_commit)
+
+
 def flow_job(source: str, output: str, **extra) -> dict:
     """A small job (colour-word prompts, the shipped model, 1 actor) as the flow's parameter."""
     from schemas import parse_job

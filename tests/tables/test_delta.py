@@ -11,7 +11,7 @@ import pytest
 from schemas import RunLayout, parse_job
 from schemas.errors import RunNotCommittedError
 from schemas.fingerprint import labelling_id
-from tests.support.helpers import label_and_commit, plan_for, run_rows, scene_bytes
+from tests.support.helpers import label_and_commit, plan_for, run_rows
 from workers import runs
 from workers.labelling.labeler import Labeler
 from workers.storage import open_store
@@ -21,11 +21,8 @@ ORDER = [("run_id", "ascending"), ("image_id", "ascending"), ("mask_id", "ascend
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    src = tmp_path_factory.mktemp("src")
-    for i in range(5):
-        (src / f"{i}.jpg").write_bytes(scene_bytes(i))
-    return src
+def source(five_scenes):
+    return five_scenes
 
 
 def _job(src, bucket, endpoint, prompts, **extra):

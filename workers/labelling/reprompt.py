@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +30,13 @@ from fastsam_core.embedders import Embedder
 from fastsam_core.prompts import NO_MASK, scored_batch, with_labels
 from fastsam_core.scoring import similarities
 from schemas.errors import CheckpointError, JobError
+from schemas.fingerprint import InputHashes, fingerprint
 from schemas.job import Job, SelectionSpec
 from schemas.job_file import parse_job
 from schemas.layout import RunLayout
-from schemas.manifest import ShardSummary
+from schemas.manifest import Plan, ShardSummary
 from schemas.tables import IMAGES_SCHEMA, MASKS_SCHEMA, PROMPTS_SCHEMA
+from workers import runs
 from workers.labelling.stack import embedder_for
 from workers.runs import attempts
 from workers.runs.committed import CommittedRun
@@ -174,9 +178,9 @@ def rescore(masks: pa.Table, embeddings: pa.Table, text: TextSide, selection: Se
     mask_ids = masks["mask_id"].to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, image[1:] != image[:-1]]) if n else np.zeros(0, np.int64)
     for a, b in zip(starts, [*starts[1:], n], strict=True):  # the masks of one image are contiguous
-        b_ = with_labels(scored_batch(mask_ids[a:b], cos[a:b], prob[a:b]), text.n_prompts, selection.mode,
-                         selection.threshold)  # fmt: skip
-        label[a:b], score[a:b] = b_.columns["label"], b_.columns["label_score"]
+        image_masks = scored_batch(mask_ids[a:b], cos[a:b], prob[a:b])
+        labelled = with_labels(image_masks, text.n_prompts, selection.mode, selection.threshold)
+        label[a:b], score[a:b] = labelled.columns["label"], labelled.columns["label_score"]
     has_label = label >= 0
     names = np.array([*text.labels, ""], object)[np.where(has_label, label, len(text.labels))]
     cols = {
@@ -217,6 +221,19 @@ class Reprompter:
         self.text = TextSide.of(job, embedder)
         sha = getattr(embedder, "sha256", None)
         self.models = {"clip": [sha]} if sha else {}
+
+    def plan(self) -> Plan:
+        """The new run's plan: the parent's shards, this job's fingerprint (made now, or the existing one)."""
+        fp = self.parent.manifest.fingerprint
+        hashes = InputHashes(model=fp["model.sha256"], clip=fp.get("clip.sha256"),
+                             prompt_table=fp.get("prompt_table.sha256"))  # fmt: skip
+        parent_plan = runs.load_plan(self.output, self.parent.layout)
+        return runs.plan_copy(self.output, self.layout, parent_plan, fingerprint(self.job, hashes))
+
+    def shards(self, shard_ids: Iterable[int], threads: int = 8) -> int:
+        """Re-score and commit the shards (done ones are left as they are), `threads` at once; the objects in them."""
+        with ThreadPoolExecutor(threads, thread_name_prefix="reprompt") as pool:
+            return sum(s.objects for s in pool.map(self.shard, shard_ids))
 
     def shard(self, shard_id: int) -> ShardSummary:
         """Re-score one shard and commit it as an attempt; the summary that counts (a done shard is left as it is)."""

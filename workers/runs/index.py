@@ -29,9 +29,10 @@ import pyarrow.compute as pc
 from schemas.errors import ObjectNotFoundError, StoreUnavailableError
 from schemas.fingerprint import labelling_id
 from schemas.layout import INDEX, RUNS, RunLayout, index_base_key, index_part_key, parse_index_key, run_of
+from schemas.manifest import Plan
 from schemas.tables import INDEX_SCHEMA, ImageStatus
 from workers.storage import ObjectStore
-from workers.storage.files import parquet_bytes, read_parquet
+from workers.storage.files import load_document, parquet_bytes, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ def rows_of(images: pa.Table, run_id: str, labelling: str) -> pa.Table:
 
 def _labelling_of(output: ObjectStore, run_id: str) -> str:
     """The labelling fingerprint id of a committed run, from its plan ("" when it has none)."""
-    from workers.runs.plan import load_plan  # the plan module reads this one
-
-    plan = load_plan(output, RunLayout(run_id))
+    plan = load_document(output, RunLayout(run_id).plan, Plan, "run plan")
     return labelling_id(plan.fingerprint) if plan is not None else ""
 
 

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.errors import EmptySourceError, ObjectNotFoundError, RunMismatchError
+from schemas.errors import EmptySourceError, ObjectNotFoundError, RunBusyError, RunMismatchError
 from schemas.fingerprint import differences, labelling, labelling_id
-from schemas.job import Job, SourceSpec
+from schemas.job import IncrementalMode, Job, SourceSpec, incremental_mode
 from schemas.layout import RunLayout
-from schemas.manifest import IncrementalMode, ListErrors, Plan, incremental_mode
+from schemas.manifest import ListErrors, Plan
 from schemas.tables import SHARD_SCHEMA
 from workers.runs import index
 from workers.storage import ObjectInfo, ObjectStore
@@ -110,12 +110,20 @@ def plan_run(
         created_at=datetime.now(UTC),
         **counts,
     )
+    return _create(output, layout, plan)
+
+
+def _create(output: ObjectStore, layout: RunLayout, plan: Plan) -> Plan:
+    """Create the run's plan.json exclusively; `plan` when this call created it.
+
+    Raises:
+        RunMismatchError: another job planned the run meanwhile.
+        RunBusyError: another flow planned it at the same time (with this job).
+    """
     if not output.create(layout.plan, plan.model_dump_json(indent=2).encode()):
         other = load_plan(output, layout)
         if other is not None:
-            check_same_job(other, fingerprint)
-        from schemas.errors import RunBusyError
-
+            check_same_job(other, plan.fingerprint)
         raise RunBusyError(f"run {layout.run_id} was planned by another flow at the same time; let that flow finish")
     return plan
 
@@ -142,14 +150,7 @@ def plan_copy(output: ObjectStore, layout: RunLayout, parent: Plan, fingerprint:
         fingerprint=fingerprint,
         created_at=datetime.now(UTC),
     )
-    if not output.create(layout.plan, plan.model_dump_json(indent=2).encode()):
-        other = load_plan(output, layout)
-        if other is not None:
-            check_same_job(other, fingerprint)
-        from schemas.errors import RunBusyError
-
-        raise RunBusyError(f"run {layout.run_id} was planned by another flow at the same time; let that flow finish")
-    return plan
+    return _create(output, layout, plan)
 
 
 def _incremental(
