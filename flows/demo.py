@@ -95,5 +95,6 @@ def run_demo(workdir: Path, n_images: int = 24) -> int:
         print(f"  python -c \"import polars as pl; print(pl.read_delta('{tables}/masks'))\"")
         print("re-prompt the masks from their stored embeddings, without reading an image:")
         labels = workdir / "labels"
-        print(f"  fastsam-label reprompt {summary['run_id']} --output {labels} --prompt orange --prompt purple")
+        prompts = "--prompt orange --prompt purple --negative gray"
+        print(f"  fastsam-label reprompt {summary['run_id']} --output {labels} {prompts}")
     return code
