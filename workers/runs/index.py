@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -150,27 +151,35 @@ def classify(listing: pa.Table, index: pa.Table, labelling: str | None) -> pa.Ch
     CHANGED: the URI is indexed with other ETags only. NEW: the URI is not indexed. An object whose
     ETag is unknown never matches its ETag (CHANGED or NEW).
 
+    One `is_in` of (URI, ETag) keys against the index rows of this fingerprint settles the usual
+    night (almost everything unchanged); only the objects it does not match are looked up further.
+
     Args:
         listing: the objects to plan.
         index: `load`'s rows.
         labelling: the planning job's labelling fingerprint id; None = match on URI and ETag only.
     """
-    if listing.num_rows == 0:
+    n = listing.num_rows
+    if n == 0:
         return pa.chunked_array([pa.array([], pa.int8())])
-    uri, etag = listing["uri"], listing["etag"]
-    if labelling is None:
-        exact = pc.is_in(_joined(uri, etag), value_set=_joined(index["uri"], index["etag"]).combine_chunks())
-        same_bytes = exact
-    else:
-        lid = pa.array([labelling] * listing.num_rows, pa.string())
-        exact_keys = _joined(index["uri"], index["etag"], index["labelling"]).combine_chunks()
-        exact = pc.is_in(_joined(uri, etag, lid), value_set=exact_keys)
-        same_bytes = pc.is_in(_joined(uri, etag), value_set=_joined(index["uri"], index["etag"]).combine_chunks())
-    known_uri = pc.is_in(uri, value_set=index["uri"].combine_chunks())
-    exact, same_bytes = pc.fill_null(exact, False), pc.fill_null(same_bytes, False)
-    kind = pc.if_else(known_uri, pa.scalar(CHANGED, pa.int8()), pa.scalar(NEW, pa.int8()))
-    kind = pc.if_else(same_bytes, pa.scalar(RELABEL, pa.int8()), kind)
-    return pc.if_else(exact, pa.scalar(UNCHANGED, pa.int8()), kind)
+    etag = index["etag"]
+    if labelling is not None:  # other fingerprints' rows get a null key (no copy of the index)
+        etag = pc.if_else(pc.equal(index["labelling"], labelling), etag, pa.scalar(None, pa.string()))
+    mine = _joined(index["uri"], etag).combine_chunks()
+    del etag
+    keys = _joined(listing["uri"], listing["etag"])
+    unchanged = pc.fill_null(pc.is_in(keys, value_set=mine, skip_nulls=True), False)
+    del mine
+    rest = pc.indices_nonzero(pc.invert(unchanged))  # the few objects the index of this fingerprint lacks
+    kind = np.full(n, UNCHANGED, np.int8)
+    if len(rest):  # their index rows, found by probing the index with their URIs (no set of the whole index)
+        uri = pc.take(listing["uri"], rest)
+        near = index.filter(pc.is_in(index["uri"], value_set=uri.combine_chunks()))
+        known = pc.is_in(uri, value_set=near["uri"].combine_chunks()).to_numpy(zero_copy_only=False)
+        same = pc.is_in(pc.take(keys, rest), value_set=_joined(near["uri"], near["etag"]).combine_chunks())
+        same_bytes = pc.fill_null(same, False).to_numpy(zero_copy_only=False)
+        kind[rest.to_numpy()] = np.where(same_bytes, RELABEL, np.where(known, CHANGED, NEW))
+    return pa.chunked_array([pa.array(kind, pa.int8())])
 
 
 def labelled_by(index: pa.Table, listing: pa.Table, labelling: str) -> list[str]:
