@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export bench-reprompt tiny-model
+.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export bench-reprompt bench-gpu tiny-model
 
 setup: $(VENV)/.installed
 
@@ -76,6 +76,10 @@ bench-export: setup
 # Re-prompting from stored embeddings vs labelling again, and float16 vs float32 embeddings (docs/benchmarks.md).
 bench-reprompt: setup
 	$(PY) -m benchmarks.bench_reprompt
+
+# On a machine with an NVIDIA GPU: FastSAM-x/-s everything mode fp16/fp32 at batch 1/8/32, CLIP crops/s (<= 5 min).
+bench-gpu: setup
+	$(PY) -m benchmarks.bench_gpu $(BENCH_ARGS)
 
 # Remake the shipped small model (about 10 minutes on 2 CPU cores).
 tiny-model: setup

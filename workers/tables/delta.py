@@ -6,10 +6,12 @@
 
 A run is appended after its `_SUCCESS`, so a failed or unfinished run never appears; each table gets
 one Delta transaction per run, carrying the app transaction `fastsam-label/{run_id}` (Delta's
-idempotent-writer id), so publishing a run twice (a retry, `fastsam-label tables sync`) appends it
-once, and two writers of the same run cannot both land (the second commit conflicts). Different
-runs committing at once both land: delta-rs retries an append on top of the other (on S3 through
-conditional PUTs, `conditional_put: etag`). The images table is written last: a run whose images
+idempotent-writer id), so publishing a run again (a retry, `fastsam-label tables sync`) appends
+nothing. One run is never published by two writers at once: delta-rs 1.6 does not treat a concurrent
+commit with the same app transaction as a conflict, so the flows publish while they hold the run's
+lease (workers.runs.lease) and `sync` takes each run's lease. Different runs committing at once
+both land: delta-rs rebases an append on top of the other (on S3 through conditional PUTs,
+`conditional_put: etag`). The images table is written last: a run whose images
 rows are there has its masks and embeddings there too, so readers start from images.
 
 Rows are copied, not registered in place: Delta has no fixed-size lists and no float16, so the
@@ -32,10 +34,11 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from schemas.errors import StoreUnavailableError
+from schemas.errors import RunBusyError, StoreUnavailableError
 from schemas.fingerprint import labelling_id
 from workers.runs.committed import CommittedRun, table_rows
 from workers.runs.index import committed_runs
+from workers.runs.lease import RunLease
 from workers.storage import ObjectStore
 from workers.storage.local import LocalStore
 
@@ -153,8 +156,8 @@ def publish_run(output: ObjectStore, run_id: str) -> dict[str, int]:
 def _append(output: ObjectStore, run: CommittedRun, name: str) -> int:
     """Append the run to table `name` unless it is there; the rows appended.
 
-    A commit that loses a race is tried again on the new version: two writers creating the table at
-    once conflict on its protocol, two runs appending never do (delta-rs rebases the append itself).
+    delta-rs rebases an append that lost to another run's; a commit that loses the table's creation
+    is tried again from the start, after looking for the run.
     """
     from deltalake import CommitProperties, Transaction, write_deltalake
     from deltalake.exceptions import CommitFailedError, DeltaError
@@ -206,16 +209,23 @@ def _run_schema(run: CommittedRun, name: str) -> pa.Schema:
 def sync(output: ObjectStore) -> list[str]:
     """Publish every committed run under `output` that is not in the tables yet (oldest first); the runs published.
 
-    What heals the tables after a commit that could not reach them.
+    What heals the tables after a commit that could not reach them. A run a flow holds is left to it.
     """
     pending = []
     for run_id in committed_runs(output):
         if not published(output, run_id):
             pending.append(CommittedRun(output, run_id))
     pending.sort(key=lambda r: r.manifest.finished_at)
+    done = []
     for run in pending:
-        publish_run(output, run.layout.run_id)
-    return [r.layout.run_id for r in pending]
+        try:
+            with RunLease(output, run.layout):  # one publisher per run (see the module docstring)
+                publish_run(output, run.layout.run_id)
+        except RunBusyError:  # a flow holds the run: it publishes it
+            log.info("tables: run %s is held by a flow, which publishes it", run.layout.run_id)
+            continue
+        done.append(run.layout.run_id)
+    return done
 
 
 def optimize(output: ObjectStore, target_size: int = 256 * 2**20) -> dict[str, dict]:
