@@ -1,9 +1,10 @@
 """Labels over time through the CLI: incremental runs follow the model and the prompts, reprompt, the Delta tables."""
 
-import contextlib
-import io
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +12,6 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 
-from flows.cli import main
 from tests.support import ROOT
 from tests.support.helpers import flow_job, scene_bytes
 
@@ -28,13 +28,17 @@ def _job(tmp_path: Path, name: str, prompts: list[str], **model) -> Path:
 
 
 def _cli(*args) -> tuple[int, dict, str]:
-    """(exit code, the JSON summary it printed, its whole stdout) of one in-process CLI command."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main([str(a) for a in args])
-    out = buf.getvalue()
-    assert "\n{" in out, f"{args}: exit {code}, printed {out!r}"
-    return code, json.loads(out[out.index("\n{") :]), out
+    """(exit code, the JSON summary it printed, its whole stdout) of one CLI command, in its own process.
+
+    Each run starts and stops its own Ray cluster and Prefect server; in a process of its own, none of
+    that lingers in the test process.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_"))}
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    out = proc.stdout
+    assert "\n{" in out, f"{args}: exit {proc.returncode}, printed {out!r}, {proc.stderr[-2000:]!r}"
+    return proc.returncode, json.loads(out[out.index("\n{") :]), out
 
 
 def _masks(tmp_path: Path, run_id: str):
@@ -42,7 +46,7 @@ def _masks(tmp_path: Path, run_id: str):
 
 
 @pytest.fixture(scope="module")
-def nights(tmp_path_factory, prefect_harness):
+def nights(tmp_path_factory):
     """Six CLI runs and a reprompt over one source; (tmp_path, {step: (exit code, summary, stdout)})."""
     tmp_path = tmp_path_factory.mktemp("nights")
     (tmp_path / "src").mkdir()
