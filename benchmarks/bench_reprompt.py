@@ -128,9 +128,10 @@ def _reprompt(store, parent, run_id, prompts, negatives) -> float:
     from workers.runs.committed import CommittedRun
 
     job = reprompt_job(CommittedRun(store, parent), tuple(prompts), tuple(negatives), SelectionSpec())
-    embedder = load_embedder(job, embeddings_run(store, parent))
+    stored = embeddings_run(store, parent)
+    embedder = load_embedder(job, stored)
     t0 = time.perf_counter()
-    reprompt_and_commit(store, parent, job, run_id, embedder)
+    reprompt_and_commit(store, parent, job, run_id, embedder, stored)
     return time.perf_counter() - t0
 
 

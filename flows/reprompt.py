@@ -75,7 +75,7 @@ def reprompt_run(
     layout = RunLayout(run_id or runs.new_run_id())
     get_run_logger().info("run %s: re-prompting run %s with %s", layout.run_id, parent, list(prompts))
     with RunLease(store, layout):
-        reprompter = Reprompter(store, parent_run, job, layout.run_id, embedder)
+        reprompter = Reprompter(store, parent_run, stored, job, layout.run_id, embedder)
         plan = reprompter.plan()
         if not runs.is_committed(store, layout):
             done = runs.done_markers(store, layout)

@@ -52,7 +52,8 @@ def _reprompt(out, parent, run_id, prompts, negatives=(), selection=None, **kw):
     job = reprompt_job(
         CommittedRun(store, parent), tuple(prompts), tuple(negatives), selection or SelectionSpec(), **kw
     )
-    reprompt_and_commit(store, parent, job, run_id, load_embedder(job, embeddings_run(store, parent)))
+    stored = embeddings_run(store, parent)
+    reprompt_and_commit(store, parent, job, run_id, load_embedder(job, stored), stored)
     return job
 
 

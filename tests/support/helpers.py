@@ -135,8 +135,9 @@ def label_and_commit(job, run_id: str, incremental: bool | str = False):
     return plan
 
 
-def reprompt_and_commit(store, parent: str, job, run_id: str, embedder):
-    """A reprompt run of committed run `parent` (job: `reprompt_job(...)`), shards and commit as the flow does."""
+def reprompt_and_commit(store, parent: str, job, run_id: str, embedder, stored):
+    """A reprompt run of committed run `parent` (job: `reprompt_job(...)`; `stored`: its embeddings run), shards
+    and commit as the flow does."""
     from datetime import UTC, datetime
 
     from schemas.layout import RunLayout
@@ -145,7 +146,7 @@ def reprompt_and_commit(store, parent: str, job, run_id: str, embedder):
     from workers.outputs import report
     from workers.runs.committed import CommittedRun
 
-    r = Reprompter(store, CommittedRun(store, parent), job, run_id, embedder)
+    r = Reprompter(store, CommittedRun(store, parent), stored, job, run_id, embedder)
     r.shards(range(r.plan().shards))
     return runs.commit_run(job, store, RunLayout(run_id), "test", datetime.now(UTC), report.at_commit)
 

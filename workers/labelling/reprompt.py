@@ -209,14 +209,16 @@ class Reprompter:
     Args:
         output: the output store both runs are under.
         parent: the run re-prompted.
+        stored: the run holding the embeddings (`embeddings_run(output, parent's id)`).
         job: `reprompt_job(parent, ...)`.
         run_id: the new run.
-        embedder: `load_embedder(job, embeddings_run(...))`; only its text tower runs.
+        embedder: `load_embedder(job, stored)`; only its text tower runs.
     """
 
-    def __init__(self, output: ObjectStore, parent: CommittedRun, job: Job, run_id: str, embedder: Embedder):
-        self.output, self.parent, self.job = output, parent, job
-        self.stored = embeddings_run(output, parent.layout.run_id)
+    def __init__(
+        self, output: ObjectStore, parent: CommittedRun, stored: CommittedRun, job: Job, run_id: str, embedder: Embedder
+    ):
+        self.output, self.parent, self.stored, self.job = output, parent, stored, job
         self.layout = RunLayout(run_id)
         self.text = TextSide.of(job, embedder)
         sha = getattr(embedder, "sha256", None)

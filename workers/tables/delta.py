@@ -27,6 +27,7 @@ fingerprint are its rows of the latest run with that fingerprint (`docs` and REA
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import time
@@ -94,16 +95,28 @@ def delta_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _batches(run: CommittedRun, name: str, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    """The run's rows of table `name`, shard by shard, in `schema` (delta_schema of the run's table)."""
+def _rows_of(run: CommittedRun, name: str) -> pa.RecordBatchReader:
+    """The run's rows of table `name` in its Delta schema (`delta_schema`), read shard by shard.
+
+    The schema is the first shard's (an empty run's is the images table's), taken from the table that
+    is read anyway.
+    """
+    from schemas.tables import IMAGES_SCHEMA
+
     labelling = labelling_id(run.manifest.fingerprint)
     at = run.manifest.finished_at
-    for state in run.manifest.shards:
-        t = run.table(name, state)
-        n = t.num_rows
-        cols = [t[f.name].cast(f.type) for f in schema if f.name in t.column_names]
-        cols += [pa.array([labelling] * n, pa.string()), pa.array([at] * n, pa.timestamp("us", "UTC"))]
-        yield from pa.table(cols, schema=schema).to_batches()
+    tables = (run.table(name, state) for state in run.manifest.shards)
+    first = next(tables, None)
+    schema = delta_schema(first.schema if first is not None else IMAGES_SCHEMA)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for t in itertools.chain([first] if first is not None else [], tables):
+            n = t.num_rows
+            cols = [t[f.name].cast(f.type) for f in schema if f.name in t.column_names]
+            cols += [pa.array([labelling] * n, pa.string()), pa.array([at] * n, pa.timestamp("us", "UTC"))]
+            yield from pa.table(cols, schema=schema).to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def published(output: ObjectStore, run_id: str) -> bool:
@@ -165,7 +178,6 @@ def _append(output: ObjectStore, run: CommittedRun, name: str) -> int:
     run_id = run.layout.run_id
     app = APP_ID.format(run_id=run_id)
     uri, options = location(output, name)
-    schema = delta_schema(_run_schema(run, name))
     commit = CommitProperties(custom_metadata={"fastsam_label.run_id": run_id},
                               app_transactions=[Transaction(app_id=app, version=1)])  # fmt: skip
     for attempt in range(_COMMIT_TRIES):
@@ -174,7 +186,7 @@ def _append(output: ObjectStore, run: CommittedRun, name: str) -> int:
         try:
             write_deltalake(
                 uri,
-                pa.RecordBatchReader.from_batches(schema, _batches(run, name, schema)),
+                _rows_of(run, name),
                 mode="append",
                 schema_mode="merge",
                 storage_options=options,
@@ -195,15 +207,6 @@ def _append(output: ObjectStore, run: CommittedRun, name: str) -> int:
 
 #: Tries of one table append that keeps losing commit races.
 _COMMIT_TRIES = 8
-
-
-def _run_schema(run: CommittedRun, name: str) -> pa.Schema:
-    """The schema of the run's table `name` (its first shard's; an empty run has the table's default)."""
-    from schemas.tables import IMAGES_SCHEMA
-
-    if run.manifest.shards:
-        return run.table(name, run.manifest.shards[0]).schema
-    return IMAGES_SCHEMA
 
 
 def sync(output: ObjectStore) -> list[str]:
