@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     from schemas import RunLayout, parse_job
     from tests.support.servers import loopback_s3
     from workers.labelling.labeler import Labeler
-    from workers.runs.plan import list_source, write_shard_list
+    from workers.runs.plan import write_shard_list
+    from workers.runs.planner import list_source
     from workers.storage import open_store
 
     fake = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}

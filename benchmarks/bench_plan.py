@@ -28,11 +28,14 @@ class ListingStore:
         self.n = n
         self.uri = "s3://bench-source/cams/"
 
-    def list(self, prefix: str = "", skipped=None):
+    def list(self, prefix: str = "", skipped=None, start_after=None):
         from workers.storage import ObjectInfo
 
-        for i in range(self.n):
-            yield ObjectInfo(f"cam{i % 97:02d}/frame-{i:08d}.jpg", 100_000 + i % 1000, f"{i:032x}")
+        for cam in range(97):  # in key order, as S3 lists
+            for i in range(cam, self.n, 97):
+                key = f"cam{cam:02d}/frame-{i:08d}.jpg"
+                if start_after is None or key > start_after:
+                    yield ObjectInfo(key, 100_000 + i % 1000, f"{i:032x}")
 
     def uri_of(self, key: str) -> str:
         return self.uri + key

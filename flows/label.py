@@ -8,17 +8,25 @@ lists live in the output store and image bytes never leave the actors.
 Before any work the run is prepared (flows.run.prepare: the job validated and held to the
 operator's policy, the source, output and weights checked in seconds, their hashes pinned), by the
 caller (the CLI, the demo) or here for a deployment run. Then the flow takes the run's lease (one
-flow per run id), plans or resumes the run (a plan made by another job is refused), labels the
-shards that are not done on the pool the caller started ahead (or its own), and commits.
+flow per run id), plans the run as a stream (or resumes it; a plan made by another job is
+refused) while the shards that are not done are labelled on the pool the caller started ahead (or
+its own) as their lists are written, and commits.
+
+Prefect tracks coarse units, a constant number of task runs per flow run whatever the number of
+shards: plan, label-shards (the pool dispatches every shard to the Ray actors, waiting on
+completions), commit, publish-tables. Per-shard progress lives in the shard markers, which the
+CLI's progress bar, `status`, the commit and the report read.
 
 Retries, each in one place: botocore retries store requests; the pool re-dispatches shards whose
-actor died; Prefect retries a task only when its error is transient (the store was unavailable).
-A deterministic failure is labelled once and reported with its cause.
+actor died and tries a shard again when its error is transient (the store was unavailable);
+Prefect retries the commit and the publish on transient errors. A deterministic failure is
+labelled once and reported with its cause.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -27,9 +35,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import wait
-from prefect.tasks import exponential_backoff
 
-from flows.run import PreparedRun, open_run, prepare
+from flows.run import open_planner, prepare
 from schemas.errors import JobError, RunBusyError, RunFailedError, StoreAccessError, is_transient
 from schemas.job import Job
 from schemas.layout import RunLayout
@@ -37,6 +44,7 @@ from schemas.manifest import Plan, RunSummary, ShardSummary
 from workers import runs
 from workers.outputs import report
 from workers.ray.pool import PoolStart
+from workers.runs import Planner
 from workers.runs.lease import RunLease
 from workers.storage import ObjectStore, open_store
 
@@ -58,22 +66,20 @@ def transient_only(task, task_run, state) -> bool:
     return is_transient(exc)
 
 
-@task(name="plan", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only, cache_policy=NONE)
-def plan_task(prepared: PreparedRun, incremental: bool | str) -> Plan:
-    """List and shard the source, or load this run id's plan (refused when another job made it)."""
-    return open_run(prepared, incremental)
+@task(name="plan", cache_policy=NONE)
+def plan_task(planner: Planner) -> Plan:
+    """Plan the run as a stream (shard ids reach the labelling as their lists are written), or resume it.
+
+    A sealed plan is loaded; a plan made by another job is refused.
+    """
+    return planner.run()
 
 
-@task(
-    name="label-shard",
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=5),
-    retry_condition_fn=transient_only,
-    cache_policy=NONE,
-)
-def label_shard_task(pool, run_id: str, shard_id: int) -> ShardSummary:
-    """Label one shard on the run's Ray pool (blocks while every actor is busy)."""
-    return pool.label(run_id, shard_id)
+@task(name="label-shards", cache_policy=NONE)
+def label_shards_task(spec: Job, layout: RunLayout, shard_ids: Iterable[int], lease: RunLease,
+                      ahead: PoolStart | None) -> tuple[dict[int, str], int]:  # fmt: skip
+    """Label every shard the plan hands out on the Ray pool: one task run for all of them (Ray dispatches)."""
+    return _label_shards(spec, layout, shard_ids, lease, ahead)
 
 
 @task(name="commit", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=transient_only, cache_policy=NONE)
@@ -154,25 +160,28 @@ def label_collection(
         prepared = prepare(job, run_id)
     spec, layout, output = prepared.job, prepared.layout, prepared.output
     with RunLease(output, layout) as lease:
-        plan = plan_task(prepared, incremental)
-        if (unlisted := plan.list_errors.warning(spec.source.uri)) is not None:
-            log.warning(unlisted)
-        if (line := plan.incremental_line()) is not None:
-            log.info("run %s: %s", layout.run_id, line)
-        if runs.is_committed(output, layout):
+        sealed = runs.load_plan(output, layout)
+        if sealed is not None and runs.is_committed(output, layout):
+            runs.check_same_job(sealed, prepared.fingerprint)
+            _tell(log, spec, layout, sealed)
             publish_task(spec, layout.run_id)  # a commit that could not reach the tables is healed here
             summary = runs.load_manifest(output, layout).summary.model_copy(update={"labelled_now": 0})
             print(summary.one_line())
             return summary.model_dump(mode="json")
-        done = runs.done_markers(output, layout)
-        todo = [i for i in range(plan.shards) if i not in done]
-        log.info(
-            "run %s: %d shards planned, %d already done, %d to label", layout.run_id, plan.shards, len(done), len(todo)
-        )
-        labelled_now = 0
-        failed: dict[int, str] = {}
-        if todo:
-            failed, labelled_now = _label_shards(spec, layout, todo, lease, pool)
+        planner = open_planner(prepared, incremental)
+        done = set(runs.done_markers(output, layout))
+        if done:
+            log.info("run %s: %d shards already done", layout.run_id, len(done))
+        planning = plan_task.submit(planner)
+        todo = (i for i in planner.shard_ids() if i not in done)
+        try:
+            failed, labelled_now = label_shards_task(spec, layout, todo, lease, pool)
+        except BaseException:
+            planner.stop()
+            wait([planning])
+            raise
+        plan = planning.result()
+        _tell(log, spec, layout, plan)
         markers = runs.done_markers(output, layout)
         seconds = time.perf_counter() - t0
         extra = {
@@ -195,44 +204,42 @@ def label_collection(
     return summary.model_dump(mode="json")
 
 
+def _tell(log, spec: Job, layout: RunLayout, plan: Plan) -> None:
+    """Log what the plan found: folders it could not list, what an incremental plan skipped, its size."""
+    if (unlisted := plan.list_errors.warning(spec.source.uri)) is not None:
+        log.warning(unlisted)
+    if (line := plan.incremental_line()) is not None:
+        log.info("run %s: %s", layout.run_id, line)
+    log.info("run %s: %d objects planned in %d shards", layout.run_id, plan.objects, plan.shards)
+
+
 def _label_shards(
-    spec: Job, layout: RunLayout, todo: list[int], lease: RunLease, ahead: PoolStart | None
+    spec: Job, layout: RunLayout, shard_ids: Iterable[int], lease: RunLease, ahead: PoolStart | None
 ) -> tuple[dict[int, str], int]:
-    """Label the shards on a pool, a bounded window at a time; (failed shard -> why, objects labelled).
+    """Label the shards on a pool as they are planned; (failed shard -> why, objects labelled).
 
     Raises:
         StoreAccessError: a shard failed because a store refuses access (every other shard would too).
         PoolError: no Labeler actor could start.
         RunBusyError: another flow took the run over.
+        whatever planning raised (an empty source, a listing that failed).
     """
     from schemas.errors import PoolError, ShardError
     from workers.ray.pool import LabelerPool
 
     failed: dict[int, str] = {}
     labelled = 0
-    queue = list(todo)
     with ahead.take() if ahead is not None else LabelerPool(spec) as pool:
-        window = 2 * spec.compute.num_actors  # shards queued ahead of the actors
-        running: dict = {}
-        while queue or running:
+        for shard_id, result in pool.map(layout.run_id, shard_ids):
             if lease.lost:
                 raise RunBusyError(lease.lost + "; this flow stopped")
-            while queue and len(running) < window:
-                shard_id = queue.pop(0)
-                running[shard_id] = label_shard_task.submit(pool, layout.run_id, shard_id)
-            wait(list(running.values()), timeout=1.0)
-            for shard_id, fut in list(running.items()):
-                if not fut.state.is_final():
-                    continue
-                del running[shard_id]
-                if fut.state.is_completed():
-                    labelled += fut.result().objects
-                    continue
-                err = fut.result(raise_on_failure=False)
-                cause = err.cause if isinstance(err, ShardError) else err
-                if isinstance(cause, StoreAccessError | PoolError):
-                    raise cause  # the store refuses us, or no actor can run: every other shard would fail too
-                failed[shard_id] = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(err)
+            if isinstance(result, ShardSummary):
+                labelled += result.objects
+                continue
+            cause = result.cause if isinstance(result, ShardError) else result
+            if isinstance(cause, StoreAccessError | PoolError):
+                raise cause  # the store refuses us, or no actor can run: every other shard would fail too
+            failed[shard_id] = f"{type(cause).__name__}: {cause}"
     return failed, labelled
 
 

@@ -4,7 +4,7 @@
                                hold it to the operator's policy, preflight it (source, output, weights
                                and prompt table checked in seconds, their hashes pinned into the job),
                                fingerprint it, and refuse a run id that another job planned
-    open_run(prepared, ...)    inside the flow, holding the run's lease: the plan, made or resumed
+    open_planner(prepared, ...)  inside the flow, holding the run's lease: the plan, made as a stream or resumed
 
 `prepare` runs before Prefect and Ray start when the CLI calls it, so a wrong job fails in seconds;
 the flow receives the `PreparedRun` and trusts it. A flow started any other way (a deployment run)
@@ -21,7 +21,6 @@ from schemas.fingerprint import InputHashes, fingerprint
 from schemas.job import IncrementalMode, Job
 from schemas.job_file import parse_job
 from schemas.layout import RunLayout
-from schemas.manifest import Plan
 from schemas.operator import OperatorPolicy
 from workers import runs
 from workers.storage import ObjectStore, open_store
@@ -91,21 +90,17 @@ def prepare(job: dict | Job, run_id: str | None = None) -> PreparedRun:
     refuse_reprompt_field(spec)
     checked = preflight(spec, layout)
     prepared = PreparedRun(checked.job, checked.hashes, layout, fingerprint(checked.job, checked.hashes))
-    planned = runs.load_plan(prepared.output, layout)
+    planned = runs.load_plan(prepared.output, layout) or runs.load_planning(prepared.output, layout)
     if planned is not None:  # a resume: with the job that planned the run only
         runs.check_same_job(planned, prepared.fingerprint)
     return prepared
 
 
-def open_run(prepared: PreparedRun, incremental: bool | IncrementalMode) -> Plan:
-    """The run's plan: made now (list, filter, shard), or the existing one when the run is resumed.
+def open_planner(prepared: PreparedRun, incremental: bool | IncrementalMode) -> runs.Planner:
+    """The run's planner: it makes the plan as a stream, resumes an unfinished one, or loads the sealed one.
 
-    Call it while holding the run's lease (workers.runs.lease.RunLease).
-
-    Raises:
-        RunMismatchError: the run was planned by another job meanwhile.
-        EmptySourceError: the source holds nothing the job labels (nothing is written).
+    Call its `run` while holding the run's lease (workers.runs.lease.RunLease).
     """
     job = prepared.job
     source = open_store(job.source.uri, job.storage)
-    return runs.plan_run(job, source, prepared.output, prepared.layout, prepared.fingerprint, incremental)
+    return runs.Planner(job, source, prepared.output, prepared.layout, prepared.fingerprint, incremental)

@@ -1,7 +1,8 @@
 """Where everything lives under a job's output: one place that builds and parses every key.
 
     runs/{run_id}/lease/{generation:06d}.json       who runs the run now (workers.runs.lease)
-    runs/{run_id}/plan.json                         the plan and the job's fingerprint; created once
+    runs/{run_id}/planning.json                     the planning job's fingerprint, created when planning starts
+    runs/{run_id}/plan.json                         the sealed plan and the job's fingerprint; created once
     runs/{run_id}/shards/shard-{n:05d}.parquet      a shard's work list (SHARD_SCHEMA)
     runs/{run_id}/{table}/shard-{n:05d}.parquet     a shard's part of the images, masks, prompts, embeddings tables
     runs/{run_id}/done/shard-{n:05d}.json           the shard's marker (ShardMarker); created once
@@ -104,6 +105,11 @@ class RunLayout:
     def plan(self) -> str:
         """The plan (schemas.manifest.Plan as JSON), created once."""
         return self.prefix + "plan.json"
+
+    @property
+    def planning(self) -> str:
+        """The plan being made (schemas.manifest.Planning as JSON), created once when the first shard list is."""
+        return self.prefix + "planning.json"
 
     @property
     def manifest(self) -> str:

@@ -286,6 +286,43 @@ class RunManifest(BaseModel):
         return [p for p in self.prompts if p not in negatives]
 
 
+class Planning(BaseModel):
+    """A plan being made: written when planning starts, so a resumed planner is held to the same job.
+
+    The shard lists written so far carry the listing's position (`PlanProgress`); `plan.json` seals it.
+
+    Attributes:
+        run_id: the run.
+        incremental: how earlier runs are consulted (IncrementalMode).
+        fingerprint: the planning job's fingerprint (schemas.fingerprint).
+        created_at: UTC time planning started.
+    """
+
+    run_id: str
+    incremental: IncrementalMode = "off"
+    fingerprint: dict
+    created_at: datetime
+
+
+class PlanProgress(BaseModel):
+    """Where planning stood when a shard list was cut, kept in its Parquet footer: a resume goes on from here.
+
+    Attributes:
+        through: the key of the shard's last object; the listing goes on after it (S3 StartAfter).
+        listed: objects the listing matched up to and including `through`.
+        skipped, new, changed, relabelled: of those, the incremental kinds (see Plan).
+        relabel_runs: runs whose labels of relabelled objects differ (a few; for Plan.relabel_because).
+    """
+
+    through: str
+    listed: int
+    skipped: int = 0
+    new: int = 0
+    changed: int = 0
+    relabelled: int = 0
+    relabel_runs: list[str] = Field(default_factory=list)
+
+
 class Plan(BaseModel):
     """What a run will label.
 

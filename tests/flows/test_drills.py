@@ -93,8 +93,8 @@ def test_incremental_runs_label_a_copied_source_and_objects_without_etags(s3_end
 class NoETags(LocalStore):
     """A store whose listing carries no ETags (some S3-compatible stores, some gateways)."""
 
-    def list(self, prefix: str = "", skipped=None):
-        for o in super().list(prefix, skipped):
+    def list(self, prefix: str = "", skipped=None, start_after=None):
+        for o in super().list(prefix, skipped, start_after):
             yield ObjectInfo(o.key, o.size, None)
 
 

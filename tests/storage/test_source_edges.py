@@ -13,7 +13,7 @@ from tests.support.helpers import plan_for, scene_bytes
 from workers import runs
 from workers.labelling.labeler import Labeler
 from workers.outputs import report
-from workers.runs.plan import list_source
+from workers.runs.planner import list_source
 from workers.storage import LocalStore, read_with_deadline
 
 

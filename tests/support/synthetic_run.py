@@ -37,9 +37,10 @@ class Listing:
     def __init__(self, uri: str, keys: list[str]):
         self.uri, self.keys = uri.rstrip("/") + "/", keys
 
-    def list(self, prefix: str = "", skipped=None):
-        for i, key in enumerate(self.keys):
-            yield ObjectInfo(key, 1000 + i, f"{i:032x}")
+    def list(self, prefix: str = "", skipped=None, start_after=None):
+        for key, i in sorted((k, i) for i, k in enumerate(self.keys)):  # in key order, as S3 lists
+            if start_after is None or key > start_after:
+                yield ObjectInfo(key, 1000 + i, f"{i:032x}")
 
     def uri_of(self, key: str) -> str:
         return self.uri + key

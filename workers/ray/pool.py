@@ -23,9 +23,9 @@ import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from schemas.errors import PoolError, ShardError
+from schemas.errors import PoolError, ShardError, is_transient
 from schemas.job import Job
 from schemas.layout import RunLayout
 from schemas.manifest import ShardSummary
@@ -256,14 +256,74 @@ class LabelerPool:
 
         return isolate(self.output, RunLayout(run_id), shard_id, label, lost)
 
-    def map(self, run_id: str, shard_ids: Iterable[int]) -> Iterator[tuple[int, ShardSummary | Exception]]:
-        """Label many shards, yielding (shard id, summary or the exception) as each finishes."""
-        ids = list(shard_ids)
-        with ThreadPoolExecutor(max(len(self._actors), 1), thread_name_prefix="fastsam-dispatch") as pool:
-            futures = {pool.submit(self.label, run_id, i): i for i in ids}
-            for fut in as_completed(futures):
-                err = fut.exception()
-                yield futures[fut], (err if err is not None else fut.result())
+    def map(
+        self, run_id: str, shard_ids: Iterable[int], transient_tries: int = 3, backoff_s: float = 5.0
+    ) -> Iterator[tuple[int, ShardSummary | Exception]]:
+        """Label shards as `shard_ids` yields them; yield (shard id, summary or the exception) as each finishes.
+
+        The iterable is read in a thread as the pool takes work (it may block: a plan still being
+        listed), so that at most a few shards more than there are actors are waiting at any time;
+        completions are waited for, not polled. A shard whose error may pass (`is_transient`: the
+        store was unavailable) is tried `transient_tries` times in all, `backoff_s` doubling between.
+
+        Raises:
+            whatever iterating `shard_ids` raised, once the shards already taken have finished.
+        """
+        results: queue.SimpleQueue = queue.SimpleQueue()
+        window = threading.Semaphore(len(self._actors) + max(2, len(self._actors) // 4))
+        stop = threading.Event()
+        fed: list = []  # [count] or [count, error] once the iterable ends
+
+        def one(shard_id: int) -> ShardSummary:
+            for attempt in range(1, transient_tries + 1):
+                try:
+                    return self.label(run_id, shard_id)
+                except ShardError as e:
+                    if attempt == transient_tries or not is_transient(e.cause) or self._closed.is_set():
+                        raise
+                    log.warning("shard %d of run %s: %s; trying again (%d/%d)", shard_id, run_id, e, attempt,
+                                transient_tries)  # fmt: skip
+                    time.sleep(backoff_s * 2 ** (attempt - 1))
+            raise AssertionError("unreachable")
+
+        def done(shard_id: int, fut: Future) -> None:
+            window.release()
+            err = fut.exception()
+            results.put((shard_id, err if err is not None else fut.result()))
+
+        def feed(executor: ThreadPoolExecutor) -> None:
+            n = 0
+            try:
+                for shard_id in shard_ids:
+                    window.acquire()
+                    if stop.is_set():
+                        break
+                    executor.submit(one, shard_id).add_done_callback(lambda f, i=shard_id: done(i, f))
+                    n += 1
+            except BaseException as e:  # handed to the consumer
+                fed.extend([n, e])
+            else:
+                fed.append(n)
+            results.put(None)
+
+        threads = len(self._actors) + max(2, len(self._actors) // 4)
+        with ThreadPoolExecutor(threads, thread_name_prefix="fastsam-dispatch") as executor:
+            feeder = threading.Thread(target=feed, args=(executor,), daemon=True, name="fastsam-feed")
+            feeder.start()
+            got = 0
+            try:
+                while not fed or got < fed[0]:
+                    item = results.get()
+                    if item is None:
+                        continue
+                    got += 1
+                    yield item
+            finally:
+                stop.set()
+                window.release()  # a feeder waiting for room sees `stop`
+        feeder.join()
+        if len(fed) > 1:
+            raise fed[1]
 
     def close(self) -> None:
         """Stop the actors (and Ray, if this pool started it)."""

@@ -39,8 +39,13 @@ class ObjectStore(Protocol):
 
     uri: str
 
-    def list(self, prefix: str = "", skipped: list[str] | None = None) -> Iterator[ObjectInfo]:
-        """Every object whose key starts with `prefix`, in key order, streamed page by page.
+    def list(
+        self, prefix: str = "", skipped: list[str] | None = None, start_after: str | None = None
+    ) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix` (and sorts after `start_after`), in key order, page by page.
+
+        Key order is the order of the keys' UTF-8 bytes (S3's); `start_after` resumes a listing after
+        the last key seen.
 
         Parts of the store that could not be listed (a local folder without permission, a symbolic
         link to a folder, which is not followed) are appended to `skipped` as "path: why".

@@ -42,7 +42,9 @@ class LocalStore:
             raise UnsafeKeyError(f"refusing key {key!r}: it resolves outside {self.root}")
         return path
 
-    def list(self, prefix: str = "", skipped: list[str] | None = None) -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str = "", skipped: list[str] | None = None, start_after: str | None = None
+    ) -> Iterator[ObjectInfo]:
         """See `ObjectStore.list`. Temporary files of unfinished writes are not listed.
 
         Symbolic links to folders are not followed (a link can lead outside the source, or in a
@@ -69,6 +71,8 @@ class LocalStore:
                 if not name.startswith(_TMP_PREFIX) and key.startswith(prefix):
                     keys.append(key)
         for key in sorted(keys):  # code-point order = UTF-8 byte order, as S3 lists
+            if start_after is not None and key <= start_after:
+                continue
             try:
                 st = (self.root / key).stat()
             except FileNotFoundError:  # deleted since the walk

@@ -141,9 +141,14 @@ class S3Store:
         except BotoCoreError as e:
             raise self.describe_error(key, e) from None
 
-    def list(self, prefix: str = "", skipped: list[str] | None = None) -> Iterator[ObjectInfo]:
+    def list(
+        self, prefix: str = "", skipped: list[str] | None = None, start_after: str | None = None
+    ) -> Iterator[ObjectInfo]:
         """See `ObjectStore.list` (a bucket has no part that cannot be listed: `skipped` stays as it is)."""
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+        kwargs = {"StartAfter": self.prefix + start_after} if start_after else {}
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix, **kwargs
+        )
         with self._requests(prefix):
             for page in pages:
                 for obj in page.get("Contents", ()):
