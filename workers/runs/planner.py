@@ -19,10 +19,11 @@ Incremental runs classify each chunk against the index (`workers.runs.index.clas
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import queue
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +49,8 @@ PROGRESS_KEY = b"fastsam_label.plan_progress"
 _LISTED_ERRORS = 20
 #: Earlier runs whose plans are read to say why objects are relabelled.
 _RELABEL_RUNS_READ = 8
+#: Listed objects classified at a time (with the shard size, what bounds the planner's memory).
+CHUNK = 65_536
 #: Shard lists written at once.
 _WRITE_THREADS = 8
 _END = object()
@@ -67,7 +70,7 @@ class Planner:
         layout: the run.
         fingerprint: the job's fingerprint (schemas.fingerprint).
         incremental: an IncrementalMode (True = "labels"); a resumed planning keeps the mode it began with.
-        chunk: listed objects classified at a time (bounds memory with the shard size).
+        chunk: listed objects classified at a time (bounds memory with the shard size); None = CHUNK.
     """
 
     def __init__(
@@ -78,12 +81,12 @@ class Planner:
         layout: RunLayout,
         fingerprint: dict,
         incremental: bool | IncrementalMode = False,
-        chunk: int = 65_536,
+        chunk: int | None = None,
     ):
         self.job, self.source, self.output, self.layout = job, source, output, layout
         self.fingerprint = fingerprint
         self.mode = incremental_mode(incremental)
-        self.chunk = max(chunk, 1)
+        self.chunk = max(chunk or CHUNK, 1)
         self.size = job.compute.shard_size
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -199,8 +202,9 @@ class _Stream:
                     self._cut(pa.concat_tables(self.pending), None)
                 self._drain(0)
             except BaseException:
-                for _, fut in self.writes:
-                    fut.cancel()
+                wait([fut for _, fut in self.writes])  # lists being written are kept for a resume
+                with contextlib.suppress(Exception):
+                    self._drain(0)  # and handed out: what was planned is labelled
                 raise
         if self.counts["listed"] == 0:
             s = p.job.source
@@ -343,7 +347,7 @@ def _chunks(source: ObjectStore, spec: SourceSpec, chunk: int, skipped: list[str
 
 def list_source(store: ObjectStore, spec: SourceSpec, skipped: list[str] | None = None) -> pa.Table:
     """Every object the job labels, as one SHARD_SCHEMA table in key order (small sources, tools and tests)."""
-    chunks = list(_chunks(store, spec, 65_536, skipped if skipped is not None else [], None))
+    chunks = list(_chunks(store, spec, CHUNK, skipped if skipped is not None else [], None))
     return pa.concat_tables([SHARD_SCHEMA.empty_table(), *chunks])
 
 
