@@ -1,6 +1,7 @@
 """Preflight: what a run needs, checked in seconds before anything is planned or labelled.
 
-- the source exists and can be listed (one request);
+- the source exists and can be listed (one request); a source manifest or inventory exists (its ETag
+  goes into the run's fingerprint, so a resume reads the same table);
 - the prompt table is read and validated;
 - the output can be written (a conditional create and a delete under the run's prefix);
 - the FastSAM checkpoint and the CLIP weights are fetched once into the cache and their sha256
@@ -18,12 +19,13 @@ import secrets
 from dataclasses import dataclass
 
 from fastsam_core.checkpoints import TINY_CHECKPOINT, verify_checkpoint
-from schemas.errors import CheckpointError, StoreError
+from schemas.errors import CheckpointError, ObjectNotFoundError, StoreError
 from schemas.fingerprint import InputHashes
-from schemas.job import Job
+from schemas.job import Job, StorageSpec
 from schemas.layout import RunLayout
 from workers.labelling.sidecar import parse_prompt_table, prompt_table_bytes
 from workers.storage import check_writable, open_store
+from workers.storage.listings import split_uri
 from workers.storage.weights import resolve_weights
 
 #: Attempts per store request during the preflight (botocore's, with its backoff).
@@ -64,6 +66,7 @@ def preflight(job: Job, layout: RunLayout) -> Checked:
         source.check_root()
     except StoreError as e:
         raise type(e)(f"source: {e}") from None
+    listing_etag = _listing_etag(job, quick)
     table_sha = None
     if job.prompt_table is not None:
         data = prompt_table_bytes(job.model_copy(update={"storage": quick}))
@@ -93,4 +96,22 @@ def preflight(job: Job, layout: RunLayout) -> Checked:
             "prompt_table_sha256": table_sha,
         }
     )
-    return Checked(job=pinned, hashes=InputHashes(model=model_sha, clip=clip_sha, prompt_table=table_sha))
+    hashes = InputHashes(model=model_sha, clip=clip_sha, prompt_table=table_sha, listing=listing_etag)
+    return Checked(job=pinned, hashes=hashes)
+
+
+def _listing_etag(job: Job, storage: StorageSpec) -> str | None:
+    """The ETag of source.manifest or source.inventory (one HEAD); None when the source is listed.
+
+    Raises:
+        ObjectNotFoundError: the manifest does not exist.
+    """
+    s = job.source
+    uri, field = (s.manifest, "manifest") if s.manifest is not None else (s.inventory, "inventory")
+    if uri is None:
+        return None
+    root, key = split_uri(uri)
+    info = open_store(root, storage).head(key)
+    if info is None:
+        raise ObjectNotFoundError(f"source.{field} {uri} does not exist; check the URI")
+    return info.etag or f"{info.size}"

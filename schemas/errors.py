@@ -5,7 +5,8 @@
     │   ├── JobError                      a job that cannot run: every bad field and its fix
     │   │   ├── DuplicateKeyError           a key given twice in a job file
     │   │   ├── RunMismatchError            the run id was planned by a job of another fingerprint
-    │   │   └── EmptySourceError            the source lists nothing the job labels
+    │   │   ├── EmptySourceError            the source lists nothing the job labels
+    │   │   └── ListingError                a source manifest or S3 Inventory that cannot be read
     │   ├── UriError                      not an s3:// URI, folder or file:// URI
     │   ├── UnsafeKeyError                a key that could leave its root, or cannot be a file path
     │   ├── LayoutError                   a run id, shard or attempt id that cannot be part of a key
@@ -19,7 +20,8 @@
     │   ├── ExportOptionsError            export flags that do not work together
     │   ├── ExportManifestError           an export manifest at a destination that is not ours
     │   ├── PathCollisionError            two keys need one file of an export
-    │   └── ClusterSettingError           the environment asks the private cluster for what it refuses
+    │   ├── ClusterSettingError           the environment asks the private cluster for what it refuses
+    │   └── UnorderedListingError         a store that lists keys out of key order
     ├── NothingToDoError                exit 3: nothing was labelled, or the filters select nothing
     │   └── NothingSelectedError
     ├── UnavailableError                exit 4: storage, the cluster or a server cannot be reached or refuses
@@ -131,6 +133,14 @@ class RunMismatchError(JobError):
 
 class EmptySourceError(JobError):
     """The source lists no object the job would label."""
+
+
+class ListingError(JobError):
+    """A source manifest or S3 Inventory cannot be read: not a table, no key column, a bad manifest.json."""
+
+
+class UnorderedListingError(InvalidInputError):
+    """A store listed keys out of key order (a planner streams the listing and resumes after a key)."""
 
 
 class UriError(InvalidInputError):

@@ -25,6 +25,8 @@ class InputHashes(BaseModel):
         model: the FastSAM checkpoint.
         clip: the CLIP weights; None without prompts or with the colour-word stand-in.
         prompt_table: the sidecar prompt table's bytes; None without one.
+        listing: the ETag of source.manifest or of the inventory's manifest.json (what the run lists);
+            None when the source is listed.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -32,6 +34,7 @@ class InputHashes(BaseModel):
     model: str
     clip: str | None = None
     prompt_table: str | None = None
+    listing: str | None = None
 
 
 def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
@@ -43,6 +46,9 @@ def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
         "source.uri": normalize_uri(job.source.uri),
         "source.include": list(job.source.include),
         "source.extensions": list(job.source.extensions),
+        **({"source.manifest": job.source.manifest} if job.source.manifest else {}),
+        **({"source.inventory": job.source.inventory} if job.source.inventory else {}),
+        **({"source.listing_etag": hashes.listing} if hashes.listing else {}),
         "model.sha256": hashes.model,
         "model.imgsz": m.imgsz,
         "model.conf": m.conf,

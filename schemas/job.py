@@ -80,11 +80,30 @@ class SourceSpec(_Spec):
             "cams/**/*.jpg" matches cams/a.jpg and cams/d1/d2/a.jpg; "cams/*.jpg" matches
             cams/a.jpg but not cams/d1/a.jpg.
         extensions: lower-case extensions (with the dot) to label; matched case-insensitively.
+        manifest: instead of listing `uri`, read the keys from this table (s3:// or a local path):
+            Parquet, CSV with a header row, or JSON Lines, with a `key` column (relative to `uri`) or
+            a `uri` column (under `uri`), and optional `etag` and `size` columns. `include` and
+            `extensions` still apply. What a data pipeline or a catalog query hands over.
+        inventory: instead of listing `uri`, read an S3 Inventory report: the s3:// URI of its
+            manifest.json (CSV or Parquet files); objects under `uri` in its source bucket are labelled.
     """
 
     uri: UriField
     include: tuple[str, ...] = ()
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    manifest: UriField | None = None
+    inventory: UriField | None = None
+
+    @model_validator(mode="after")
+    def _one_listing(self) -> SourceSpec:
+        if self.manifest is not None and self.inventory is not None:
+            raise ValueError("set source.manifest or source.inventory, not both: each lists the whole source")
+        if self.inventory is not None and not (self.inventory.startswith("s3://") and self.uri.startswith("s3://")):
+            raise ValueError(
+                "source.inventory is an S3 Inventory report: give the s3:// URI of its manifest.json, for an s3:// "
+                "source.uri"
+            )
+        return self
 
     @field_validator("include")
     @classmethod

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from schemas import RunLayout, parse_job
-from schemas.errors import RunMismatchError, StoreError, StoreUnavailableError
+from schemas.errors import RunMismatchError, StoreUnavailableError, UnorderedListingError
 from schemas.fingerprint import labelling_id
 from schemas.manifest import Plan
 from schemas.tables import IMAGES_SCHEMA
@@ -21,6 +21,14 @@ from workers.storage.files import parquet_bytes, read_parquet
 N = 2_000
 FP = {"model.conf": 0.25, "prompts": ["dog"], "source.uri": "s3://cams/"}
 OTHER = {**FP, "model.conf": 0.5}
+
+
+@pytest.fixture(autouse=True)
+def small_pages(monkeypatch):
+    """Listings yield ten objects at a time (S3 pages hold a thousand): interruptions land between pages."""
+    import workers.storage.listings
+
+    monkeypatch.setattr(workers.storage.listings, "BATCH", 10)
 
 
 def _keys(n: int = N) -> list[str]:
@@ -137,7 +145,7 @@ def test_a_listing_out_of_key_order_is_refused_naming_the_keys(tmp_path):
         def list(self, prefix: str = "", skipped=None, start_after=None):
             yield from (ObjectInfo(k, 1, "e") for k in ["b.jpg", "a.jpg"])
 
-    with pytest.raises(StoreError, match=r"listed 'a\.jpg' after 'b\.jpg': not in key order"):
+    with pytest.raises(UnorderedListingError, match=r"listed 'a\.jpg' after 'b\.jpg': not in key order"):
         runs.plan_run(_job(tmp_path), Unordered("s3://cams/", []), LocalStore(tmp_path / "out"), RunLayout("r"), FP)
 
 

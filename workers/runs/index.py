@@ -182,6 +182,37 @@ def classify(listing: pa.Table, index: pa.Table, labelling: str | None) -> pa.Ch
     return pa.chunked_array([pa.array(kind, pa.int8())])
 
 
+class SortedIndex:
+    """The index rows sorted by URI, to look up the rows of a range of URIs in O(log n) (a planner's chunk).
+
+    Args:
+        rows: `load`'s rows.
+    """
+
+    def __init__(self, rows: pa.Table):
+        self.rows = rows.sort_by("uri") if rows.num_rows else rows
+        self._uris = self.rows["uri"].combine_chunks() if rows.num_rows else pa.array([], pa.string())
+
+    def _bound(self, uri: str, right: bool) -> int:
+        lo, hi = 0, len(self._uris)
+        while lo < hi:  # the first row whose URI is > uri (right) or >= uri (left)
+            mid = (lo + hi) // 2
+            v = self._uris[mid].as_py()
+            if v < uri or (right and v == uri):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def between(self, uris: pa.ChunkedArray | pa.Array) -> pa.Table:
+        """The rows whose URI lies between the least and the greatest of `uris` (a superset of their rows)."""
+        if len(uris) == 0 or self.rows.num_rows == 0:
+            return self.rows.slice(0, 0)
+        bounds = pc.min_max(uris).as_py()
+        start = self._bound(bounds["min"], right=False)
+        return self.rows.slice(start, self._bound(bounds["max"], right=True) - start)
+
+
 def labelled_by(index: pa.Table, listing: pa.Table, labelling: str) -> list[str]:
     """Runs that labelled the listed objects under another labelling fingerprint: the latest run of each fingerprint."""
     if listing.num_rows == 0:

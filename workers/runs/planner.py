@@ -25,12 +25,12 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from schemas.errors import EmptySourceError, StoreError, TableError
+from schemas.errors import EmptySourceError, StoreError, TableError, UnorderedListingError
 from schemas.fingerprint import differences, labelling, labelling_id
 from schemas.job import IncrementalMode, Job, SourceSpec, incremental_mode
 from schemas.layout import RunLayout, parse_shard
@@ -40,6 +40,7 @@ from workers.runs import index
 from workers.runs.plan import check_same_job, create_plan, load_plan
 from workers.storage import ObjectStore
 from workers.storage.files import footer_metadata, load_document, parquet_bytes
+from workers.storage.listings import Listing, open_listing
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _LISTED_ERRORS = 20
 #: Earlier runs whose plans are read to say why objects are relabelled.
 _RELABEL_RUNS_READ = 8
 #: Listed objects classified at a time (with the shard size, what bounds the planner's memory).
-CHUNK = 65_536
+CHUNK = 16_384
 #: Shard lists written at once.
 _WRITE_THREADS = 8
 _END = object()
@@ -86,6 +87,7 @@ class Planner:
         self.job, self.source, self.output, self.layout = job, source, output, layout
         self.fingerprint = fingerprint
         self.mode = incremental_mode(incremental)
+        self.listing = open_listing(job.source, job.storage, source)
         self.chunk = max(chunk or CHUNK, 1)
         self.size = job.compute.shard_size
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
@@ -183,18 +185,19 @@ class _Stream:
         self.pending_rows = 0
         self.last_key: str | None = self.start_after
         self.writes: collections.deque[tuple[int, Future]] = collections.deque()
-        self.index: pa.Table | None = None
+        self.index: index.SortedIndex | None = None
         self.current = labelling_id(planner.fingerprint)
 
     def run(self) -> Plan:
         p = self.p
         skipped: list[str] = []
         if p.mode != "off":
-            self.index = index.load(p.output)
+            self.index = index.SortedIndex(index.load(p.output))
+            pa.default_memory_pool().release_unused()  # the unsorted copy
         with ThreadPoolExecutor(_WRITE_THREADS, thread_name_prefix="fastsam-plan-write") as pool:
             self.pool = pool
             try:
-                for batch in _chunks(p.source, p.job.source, p.chunk, skipped, self.start_after):
+                for batch in _chunks(p.listing, p.job.source, p.chunk, skipped, self.start_after):
                     if p._stop.is_set():
                         raise StoreError(f"planning of run {p.layout.run_id} was stopped; run again to resume it")
                     self._take(batch)
@@ -237,10 +240,11 @@ class _Stream:
         if self.index is not None:
             listing = pa.table({"uri": index.uris(self.p.source, batch["key"]), "etag": batch["etag"]})
             current = self.current if self.p.mode == "labels" else None
-            kinds = index.classify(listing, self.index, current).to_numpy()
+            near = self.index.between(listing["uri"])  # the index rows of this chunk's URI range
+            kinds = index.classify(listing, near, current).to_numpy()
             relabel = kinds == index.RELABEL
             if relabel.any() and len(self.relabel_runs) < _RELABEL_RUNS_READ:
-                runs = index.labelled_by(self.index, listing.filter(pa.array(relabel)), self.current)
+                runs = index.labelled_by(near, listing.filter(pa.array(relabel)), self.current)
                 self.relabel_runs += [r for r in runs if r not in self.relabel_runs]
         else:
             kinds[:] = index.NEW
@@ -320,34 +324,61 @@ class _Stream:
         return because
 
 
-def _chunks(source: ObjectStore, spec: SourceSpec, chunk: int, skipped: list[str], start_after: str | None):
-    """The objects the job labels, after `start_after`, as SHARD_SCHEMA tables of up to `chunk` rows in key order.
+def _chunks(listing: Listing, spec: SourceSpec, chunk: int, skipped: list[str], start_after: str | None):
+    """The objects the job labels, after `start_after`, as SHARD_SCHEMA tables of `chunk` rows (the last fewer).
 
     Raises:
-        StoreError: the store listed keys out of order (a resumed or streamed plan needs key order).
+        UnorderedListingError: the listing's keys do not strictly increase (a planner needs key order).
     """
-    keys: list[str] = []
-    sizes: list[int] = []
-    etags: list[Any] = []
     last = start_after
-    for o in source.list(skipped=skipped, start_after=start_after):
-        if last is not None and o.key <= last:
-            raise StoreError(
-                f"{source.uri} listed {o.key!r} after {last!r}: not in key order; a store must list in key order"
-            )
-        last = o.key
-        if spec.wants(o.key):
-            keys.append(o.key), sizes.append(o.size), etags.append(o.etag)
-            if len(keys) >= chunk:
-                yield pa.table([keys, sizes, etags], schema=SHARD_SCHEMA)
-                keys, sizes, etags = [], [], []
-    if keys:
-        yield pa.table([keys, sizes, etags], schema=SHARD_SCHEMA)
+    pending: list[pa.Table] = []
+    rows = 0
+    for t in listing.batches(skipped, start_after):
+        if not t.num_rows:
+            continue
+        _check_order(listing, t["key"], last)
+        last = t["key"][-1].as_py()
+        t = t.filter(_wanted(t["key"], spec))
+        pending.append(t)
+        rows += t.num_rows
+        while rows >= chunk:
+            whole = pa.concat_tables(pending)
+            yield whole.slice(0, chunk)
+            pending, rows = [whole.slice(chunk)], whole.num_rows - chunk
+    if rows:
+        yield pa.concat_tables(pending)
+
+
+def _check_order(listing: Listing, keys: pa.ChunkedArray, last: str | None) -> None:
+    n = len(keys)
+    before = pa.chunked_array([pa.array([last], pa.string()), keys.slice(0, n - 1)]) if last is not None else None
+    after = keys if before is not None else keys.slice(1)
+    before = before if before is not None else keys.slice(0, n - 1)
+    bad = pc.less_equal(after, before)
+    if pc.any(bad).as_py():
+        i = pc.index(bad, True).as_py()
+        raise UnorderedListingError(
+            f"{listing.uri} listed {after[i].as_py()!r} after {before[i].as_py()!r}: not in key order; a store must "
+            "list in key order (UTF-8 bytes, as S3 does)"
+        )
+
+
+def _wanted(keys: pa.ChunkedArray, spec: SourceSpec) -> pa.ChunkedArray:
+    """Which keys the job labels (`SourceSpec.wants`): extensions vectorised, include globs per key."""
+    if spec.include:
+        return pa.chunked_array([pa.array([spec.wants(k) for k in keys.to_pylist()], pa.bool_())])
+    lower = pc.utf8_lower(keys)
+    mask = None
+    for ext in spec.extensions:
+        hit = pc.ends_with(lower, ext)
+        mask = hit if mask is None else pc.or_(mask, hit)
+    return mask
 
 
 def list_source(store: ObjectStore, spec: SourceSpec, skipped: list[str] | None = None) -> pa.Table:
     """Every object the job labels, as one SHARD_SCHEMA table in key order (small sources, tools and tests)."""
-    chunks = list(_chunks(store, spec, CHUNK, skipped if skipped is not None else [], None))
+    listing = open_listing(spec, source=store)
+    chunks = list(_chunks(listing, spec, CHUNK, skipped if skipped is not None else [], None))
     return pa.concat_tables([SHARD_SCHEMA.empty_table(), *chunks])
 
 

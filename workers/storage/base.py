@@ -60,6 +60,10 @@ class ObjectStore(Protocol):
         """The object's bytes and the size and ETag of exactly those bytes (not of a listing)."""
         ...
 
+    def download(self, key: str, path: Path) -> None:
+        """Write the object to a local file, streamed (not read into memory). Raises ObjectNotFoundError."""
+        ...
+
     def tail(self, key: str, n: int) -> bytes:
         """The object's last `n` bytes (all of it when it is shorter)."""
         ...

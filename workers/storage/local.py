@@ -112,6 +112,14 @@ class LocalStore:
         except OSError as e:
             raise _local_error(path, e, "read") from None
 
+    def download(self, key: str, path: Path) -> None:
+        """See `ObjectStore.download` (a copy of the file)."""
+        source = self._path(key)
+        try:
+            shutil.copyfile(source, path)
+        except OSError as e:
+            raise _local_error(source, e, "read") from None
+
     def tail(self, key: str, n: int) -> bytes:
         """See `ObjectStore.tail`."""
         path = self._path(key)

@@ -206,6 +206,11 @@ class S3Store:
             raise _BodyCutShortError(f"{len(data)} of {size} bytes")
         return data, ObjectInfo(key, len(data), etag)
 
+    def download(self, key: str, path: Path) -> None:
+        """See `ObjectStore.download` (boto3's managed transfer: ranged parts, retried)."""
+        with self._requests(key, missing=key):
+            self.client.download_file(self.bucket, self.prefix + key, str(path))
+
     def tail(self, key: str, n: int) -> bytes:
         """See `ObjectStore.tail` (one ranged GET)."""
         with self._requests(key, missing=key):
