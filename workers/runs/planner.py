@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from schemas.errors import EmptySourceError, StoreError, TableError, UnorderedListingError
 from schemas.fingerprint import differences, labelling, labelling_id
-from schemas.job import IncrementalMode, Job, SourceSpec, incremental_mode
+from schemas.job import IncrementalMode, Job, SourceSpec, StorageSpec, incremental_mode
 from schemas.layout import RunLayout, parse_shard
 from schemas.manifest import ListErrors, Plan, Planning, PlanProgress
 from schemas.tables import SHARD_SCHEMA
@@ -375,9 +375,11 @@ def _wanted(keys: pa.ChunkedArray, spec: SourceSpec) -> pa.ChunkedArray:
     return mask
 
 
-def list_source(store: ObjectStore, spec: SourceSpec, skipped: list[str] | None = None) -> pa.Table:
+def list_source(
+    store: ObjectStore, spec: SourceSpec, skipped: list[str] | None = None, storage: StorageSpec | None = None
+) -> pa.Table:
     """Every object the job labels, as one SHARD_SCHEMA table in key order (small sources, tools and tests)."""
-    listing = open_listing(spec, source=store)
+    listing = open_listing(spec, storage, source=store)
     chunks = list(_chunks(listing, spec, CHUNK, skipped if skipped is not None else [], None))
     return pa.concat_tables([SHARD_SCHEMA.empty_table(), *chunks])
 

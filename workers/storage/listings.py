@@ -143,7 +143,7 @@ class TableListing:
                     else:
                         skipped.append(f"{row['key']}: listed {row['copies']} times")
                 if t.num_rows:
-                    size = pc.fill_null(t["size"], 0)
+                    size = pc.fill_null(t["size"].cast(pa.int64()), 0)
                     yield pa.table([t["key"], size, t["etag"]], schema=SHARD_SCHEMA)
 
     # -- sorting -----------------------------------------------------------------------------------
@@ -227,8 +227,8 @@ class TableListing:
                 f"source.manifest {self.uri} has no key or uri column (it has {', '.join(columns[:8])}); name the "
                 "column of object keys relative to source.uri `key`, or of full URIs `uri`"
             )
-        etag = f"""trim(CAST("{lower["etag"]}" AS VARCHAR), '"')""" if "etag" in lower else "NULL"
-        size = f'TRY_CAST("{lower["size"]}" AS BIGINT)' if "size" in lower else "NULL"
+        etag = f"""trim(CAST("{lower["etag"]}" AS VARCHAR), '"')""" if "etag" in lower else "CAST(NULL AS VARCHAR)"
+        size = f'TRY_CAST("{lower["size"]}" AS BIGINT)' if "size" in lower else "CAST(NULL AS BIGINT)"
         return f"SELECT {key} AS key, {size} AS size, {etag} AS etag, {what} AS what FROM {scan}"
 
     def _inventory(self, folder: Path) -> str:
@@ -259,8 +259,8 @@ class TableListing:
             scan = f"read_csv({paths}, header = false, columns = {cols}, compression = 'gzip')"
             fields = {n.lower(): n for n in names}
             bucket, raw = f'"{fields["bucket"]}"', f'''url_decode(replace("{fields["key"]}", '+', ' '))'''
-            size = f'TRY_CAST("{fields["size"]}" AS BIGINT)' if "size" in fields else "NULL"
-            etag = f'"{fields["etag"]}"' if "etag" in fields else "NULL"
+            size = f'TRY_CAST("{fields["size"]}" AS BIGINT)' if "size" in fields else "CAST(NULL AS BIGINT)"
+            etag = f'"{fields["etag"]}"' if "etag" in fields else "CAST(NULL AS VARCHAR)"
             latest = f"""AND coalesce("{fields["islatest"]}", 'true') = 'true'""" if "islatest" in fields else ""
             if "isdeletemarker" in fields:
                 latest += f""" AND coalesce("{fields["isdeletemarker"]}", 'false') = 'false'"""
@@ -275,7 +275,8 @@ class TableListing:
                 latest += " AND NOT coalesce(is_delete_marker, false)"
         prefix = f"{src.path}/" if src.path else ""
         return (
-            f"SELECT substr({raw}, {len(prefix) + 1}) AS key, {size} AS size, {etag} AS etag, NULL AS what "
+            f"SELECT substr({raw}, {len(prefix) + 1}) AS key, {size} AS size, nullif({etag}, '') AS etag, "
+            "CAST(NULL AS VARCHAR) AS what "
             f"FROM {scan} WHERE {bucket} = {_sql_text(src.bucket)} AND starts_with({raw}, {_sql_text(prefix)}) "
             f"AND length({raw}) > {len(prefix)} {latest}"
         )
