@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export bench-reprompt bench-gpu tiny-model
+.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export bench-reprompt bench-gpu bench-scale tiny-model
 
 setup: $(VENV)/.installed
 
@@ -80,6 +80,11 @@ bench-reprompt: setup
 # On a machine with an NVIDIA GPU: FastSAM-x/-s everything mode fp16/fp32 at batch 1/8/32, CLIP crops/s (<= 5 min).
 bench-gpu: setup
 	$(PY) -m benchmarks.bench_gpu $(BENCH_ARGS)
+
+# Scale simulation: planning 10M objects (BENCH_ARGS="--objects 100000000" for 100M) and the real flow feeding
+# stand-in actors that sleep instead of labelling (docs/benchmarks.md, "Scale").
+bench-scale: setup
+	$(PY) -m benchmarks.bench_scale $(BENCH_ARGS)
 
 # Remake the shipped small model (about 10 minutes on 2 CPU cores).
 tiny-model: setup

@@ -75,12 +75,13 @@ def _lost_errors() -> tuple[type[BaseException], ...]:
 class LabelerPool:
     """N Labeler actors on a Ray cluster (the job's, or a private local one)."""
 
-    def __init__(self, job: Job, start_timeout_s: float = 900.0):
+    def __init__(self, job: Job, start_timeout_s: float = 900.0, actor: type = LabelerActor):
         """Connect to (or start) Ray and start `job.compute.num_actors` actors.
 
         Args:
             job: the validated job; `compute` sets the actors' resources and the cluster address.
             start_timeout_s: how long `label` waits for any actor to be ready before giving up.
+            actor: the actors' class: LabelerActor, or a stand-in with its methods (the scale simulation).
 
         Raises:
             cluster.ClusterError: the cluster cannot be reached or started.
@@ -106,7 +107,7 @@ class LabelerPool:
                 "cluster with such nodes (--ray-address)"
             )
         self._unfit_warned = False
-        actor_cls = ray.remote(LabelerActor).options(
+        actor_cls = ray.remote(actor).options(
             num_cpus=c.cpus_per_actor,
             num_gpus=c.gpus_per_actor,
             max_restarts=-1,
@@ -354,8 +355,9 @@ class PoolStart:
     closed, while the flow goes on to commit; the block ends after that.
     """
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, actor: type = LabelerActor):
         self.job = job
+        self.actor = actor
         self._future: Future = Future()
         self._done = threading.Event()
         self._taken = False
@@ -363,7 +365,7 @@ class PoolStart:
 
     def _start(self) -> None:
         try:
-            pool = LabelerPool(self.job)
+            pool = LabelerPool(self.job, actor=self.actor)
         except BaseException as e:  # handed to whoever takes the pool
             self._future.set_exception(e)
             self._done.wait()
