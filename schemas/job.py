@@ -299,6 +299,9 @@ class StorageSpec(_Spec):
         object_timeout_s: seconds to read one source object whole (S3 or a local file); a read still
             going then (a hung mount, a body trickling in) becomes a read_error row and the shard goes on.
         multipart_threshold: uploads at least this many bytes use multipart upload.
+        list_concurrency: LIST requests in flight when a bucket is listed: its folders (common
+            prefixes, found a level or two down) are listed at once and merged in key order, with
+            the result of one sequential listing; 1 = one request at a time.
     """
 
     endpoint_url: str | None = None
@@ -310,6 +313,7 @@ class StorageSpec(_Spec):
     read_timeout_s: float = Field(60.0, gt=0, le=3600)
     object_timeout_s: float = Field(300.0, gt=0, le=86400)
     multipart_threshold: int = Field(64 * 2**20, ge=5 * 2**20)
+    list_concurrency: int = Field(8, ge=1, le=256)
 
 
 class Job(_Spec):

@@ -144,14 +144,23 @@ class S3Store:
     def list(
         self, prefix: str = "", skipped: list[str] | None = None, start_after: str | None = None
     ) -> Iterator[ObjectInfo]:
-        """See `ObjectStore.list` (a bucket has no part that cannot be listed: `skipped` stays as it is)."""
-        kwargs = {"StartAfter": self.prefix + start_after} if start_after else {}
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix, **kwargs
-        )
+        """See `ObjectStore.list` (a bucket has no part that cannot be listed: `skipped` stays as it is).
+
+        With `storage.list_concurrency` > 1 the prefix's folders are listed at once
+        (workers.storage.s3_listing), with the same result.
+        """
+        after = self.prefix + start_after if start_after else None
+        if self.storage.list_concurrency > 1:
+            from workers.storage.s3_listing import list_pages
+
+            pages = list_pages(self.client, self.bucket, self.prefix + prefix, after, self.storage.list_concurrency)
+        else:
+            kwargs = {"StartAfter": after} if after else {}
+            pages = (page.get("Contents", ()) for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix, **kwargs))  # fmt: skip
         with self._requests(prefix):
             for page in pages:
-                for obj in page.get("Contents", ()):
+                for obj in page:
                     key = obj["Key"][len(self.prefix) :]
                     if key and not obj["Key"].endswith("/"):
                         yield ObjectInfo(key, int(obj["Size"]), obj.get("ETag", "").strip('"') or None)
