@@ -97,11 +97,15 @@ def test_s3_listing_paginates_over_a_thousand_objects(s3_endpoint, bucket):
     for k in keys:
         client.put_object(Bucket=bucket, Key=k, Body=k.encode())
     client.put_object(Bucket=bucket, Key="other/not-listed.jpg", Body=b"x")
-    store = S3Store(f"s3://{bucket}/imgs", StorageSpec(endpoint_url=s3_endpoint))
+    store = S3Store(f"s3://{bucket}/imgs", StorageSpec(endpoint_url=s3_endpoint, list_concurrency=1))
     calls = []
     store.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append(1))
     listed = list(store.list())
     assert len(calls) == 2  # 1000 + 234: the second page was fetched
+    concurrent = S3Store(f"s3://{bucket}/imgs", StorageSpec(endpoint_url=s3_endpoint))
+    concurrent.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: calls.append(2))
+    assert list(concurrent.list()) == listed
+    assert calls.count(2) == 1 + 13  # the folders found by one request, then each of the 13 listed
     assert [o.key for o in listed] == sorted(k[len("imgs/") :] for k in keys)
     assert len({o.key for o in listed}) == 1234
     assert store.get(listed[7].key) == ("imgs/" + listed[7].key).encode()
