@@ -169,7 +169,7 @@ def label_collection(
             print(summary.one_line())
             return summary.model_dump(mode="json")
         planner = open_planner(prepared, incremental)
-        done = set(runs.done_markers(output, layout))
+        done = runs.done_shard_ids(output, layout)
         if done:
             log.info("run %s: %d shards already done", layout.run_id, len(done))
         planning = plan_task.submit(planner)
@@ -182,7 +182,6 @@ def label_collection(
             raise
         plan = planning.result()
         _tell(log, spec, layout, plan)
-        markers = runs.done_markers(output, layout)
         seconds = time.perf_counter() - t0
         extra = {
             "seconds": round(seconds, 2),
@@ -190,6 +189,7 @@ def label_collection(
             "images_per_second": round(labelled_now / seconds, 2) if seconds > 0 else None,
         }
         if failed:
+            markers = runs.done_markers(output, layout)
             summary = runs.summary_of(output, layout, plan, markers, "failed", failed_shards=failed, **extra)
             _report(summary)
             first = next(iter(failed.items()))

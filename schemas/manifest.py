@@ -196,12 +196,15 @@ class RunSummary(BaseModel):
         done: Iterable[ShardSummary],
         **extra: Any,
     ) -> RunSummary:
-        """Totals over the done shards' summaries, with the plan's listing counts."""
-        done = list(done)
+        """Totals over the done shards' summaries (read once, in one pass), with the plan's listing counts."""
         errors: Counter = Counter()
         stages: Counter = Counter()
         models: dict[str, set[str]] = {}
+        n = objects = labelled = masks = prompts = 0
         for s in done:
+            n += 1
+            objects, labelled, masks, prompts = (objects + s.objects, labelled + s.labelled, masks + s.masks,
+                                                 prompts + s.prompts)  # fmt: skip
             errors.update(s.errors_by_kind)
             stages.update(s.stage_seconds)
             for role, hashes in s.models.items():
@@ -212,18 +215,18 @@ class RunSummary(BaseModel):
             new=plan.new,
             changed=plan.changed,
             relabelled=plan.relabelled,
-            objects=sum(s.objects for s in done),
-            labelled=sum(s.labelled for s in done),
+            objects=objects,
+            labelled=labelled,
             failed=sum(errors.values()),
-            masks=sum(s.masks for s in done),
-            prompts=sum(s.prompts for s in done),
+            masks=masks,
+            prompts=prompts,
         )
         return cls(
             run_id=run_id,
             output=output,
             state=state,
             shards_planned=shards_planned,
-            shards_done=len(done),
+            shards_done=n,
             counts=counts,
             errors_by_kind=dict(sorted(errors.items())),
             stage_seconds={k: round(v, 3) for k, v in stages.items()},

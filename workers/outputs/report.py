@@ -28,7 +28,7 @@ from schemas.job import StorageSpec
 from schemas.layout import RunLayout
 from schemas.manifest import RunManifest
 from schemas.stats import AREA_STEP, MaskStats
-from schemas.tables import ImageStatus
+from schemas.tables import IMAGES_SCHEMA, ImageStatus
 from workers.labelling.decode import decode_image
 from workers.runs.committed import read_shard_table
 from workers.storage import ObjectStore, open_store
@@ -144,7 +144,7 @@ def build(
         source: the job's source store (the shown images are read and decoded).
         layout: the run.
         manifest: the run's manifest.
-        images: the run's images tables, one per shard.
+        images: the run's images tables, one per shard, or the rows a streamed commit kept (`ReportRows`).
     """
     s = manifest.summary
     stats = MaskStats()
@@ -190,7 +190,7 @@ def build(
         else None
     )
     errors = errored.slice(0, MAX_ERRORS).select(["key", "status", "error"]).to_pylist() if errored is not None else []
-    more = (errored.num_rows - len(errors)) if errored is not None else 0
+    more = max(s.counts.failed - len(errors), 0)  # the rows given may be only those shown (`ReportRows`)
     seconds = (manifest.finished_at - manifest.started_at).total_seconds()
     c = s.counts
     unit = [f"{i / 20:.2f}" for i in range(20)]
@@ -229,7 +229,7 @@ def build(
         + _bars("Stability", stats.stability, unit)
         + _bars("Mask area", stats.log10_area, areas, " · log scale")
         + _label_bars(stats.labels, prompts) + "</div>",
-        f"<h2>Errored objects ({0 if errored is None else errored.num_rows})</h2>"
+        f"<h2>Errored objects ({s.counts.failed})</h2>"
         '<div class="grid">'
         + "".join(_placeholder(e) for e in errors[:MAX_PLACEHOLDERS]) + "</div>"
         + '<table class="errors"><tr><th>object</th><th>status</th><th>error</th></tr>'
@@ -248,18 +248,76 @@ def write(
     return output.uri_of(layout.report)
 
 
-def at_commit(output: ObjectStore, layout: RunLayout, manifest: RunManifest, images: list[pa.Table]) -> str | None:
-    """The commit's report hook (workers.runs.commit.ReportHook): `write` from the run's own source.
+class ReportRows:
+    """The few images rows a report shows, kept while the images tables stream past (bounded memory).
 
-    Returns its URI, or None when it could not be made: logged, never raised, as the report must
-    never cost a commit (`fastsam-label report` writes it again).
+    The sample (the SAMPLE ok images of least image id), the images of the lowest-stability masks
+    and of each label's example (known from the manifest's shard summaries), and the first
+    MAX_ERRORS errored rows in shard order: what `build` shows from all the tables.
     """
-    try:
-        source = open_store(manifest.job["source"]["uri"], StorageSpec(**(manifest.job.get("storage") or {})))
-        return write(output, source, layout, manifest, images)
-    except Exception as e:
-        log.warning("run %s: no report: %s: %s", layout.run_id, type(e).__name__, e)
-        return None
+
+    def __init__(self, manifest: RunManifest):
+        stats = MaskStats()
+        for state in manifest.shards:
+            stats = stats.merged(state.summary.mask_stats)
+        wanted = {i for i, _ in stats.lowest_stability[:6]} | {i for i, _ in stats.label_examples.values()}
+        self._wanted = pa.array(sorted(wanted), pa.string())
+        self._sample: pa.Table | None = None
+        self._kept: list[pa.Table] = []
+        self._errors = 0
+
+    def add(self, images: pa.Table) -> None:
+        """Keep what the report may show of one shard's images table."""
+        ok_mask = pc.equal(images["status"], ImageStatus.OK.value)
+        ok = images.filter(ok_mask)
+        both = ok if self._sample is None else pa.concat_tables([self._sample, ok])
+        if both.num_rows:
+            self._sample = both.take(pc.select_k_unstable(both, min(SAMPLE, both.num_rows),
+                                                          sort_keys=[("image_id", "ascending")]))  # fmt: skip
+        self._kept.append(ok.filter(pc.is_in(ok["image_id"], value_set=self._wanted)))
+        if self._errors < MAX_ERRORS:
+            errored = images.filter(pc.invert(ok_mask)).slice(0, MAX_ERRORS - self._errors)
+            self._errors += errored.num_rows
+            self._kept.append(errored)
+
+    def table(self) -> pa.Table:
+        """The kept rows as one images table, one row per image."""
+        rows, seen = [], set()
+        for t in [self._sample, *self._kept]:
+            for r in t.to_pylist() if t is not None else ():
+                if r["image_id"] not in seen:
+                    seen.add(r["image_id"])
+                    rows.append(r)
+        return pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA)
+
+
+class CommitReport:
+    """The commit's report hook (workers.runs.commit.ReportHook): rows kept as they stream, then `write`."""
+
+    def __init__(self, output: ObjectStore, layout: RunLayout, manifest: RunManifest):
+        self.output, self.layout, self.manifest = output, layout, manifest
+        self.rows = ReportRows(manifest)
+
+    def add(self, images: pa.Table) -> None:
+        """See `ReportRows.add`."""
+        self.rows.add(images)
+
+    def write(self) -> str | None:
+        """Write the report from the run's own source; its URI, or None when it could not be made.
+
+        Logged, never raised: the report must never cost a commit (`fastsam-label report` writes it again).
+        """
+        m = self.manifest
+        try:
+            source = open_store(m.job["source"]["uri"], StorageSpec(**(m.job.get("storage") or {})))
+            return write(self.output, source, self.layout, m, [self.rows.table()])
+        except Exception as e:
+            log.warning("run %s: no report: %s: %s", self.layout.run_id, type(e).__name__, e)
+            return None
+
+
+#: What a commit is given to write the report: (output, layout, manifest) -> CommitReport.
+at_commit = CommitReport
 
 
 _PAGE = """<!doctype html>

@@ -8,9 +8,10 @@ the outputs it feeds.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import Protocol
 
 import pyarrow as pa
 
@@ -26,17 +27,42 @@ from workers.storage.files import load_document, read_parquet
 
 #: Parallel requests when a commit reads or repairs many shards.
 _IO_THREADS = 16
+#: Shards whose markers or images tables a commit holds at once.
+_WINDOW = 512
 
-#: What a commit may write besides the tables: (output, layout, manifest, images tables) -> None.
-ReportHook = Callable[[ObjectStore, RunLayout, RunManifest, list[pa.Table]], object]
+
+class ReportWriter(Protocol):
+    """What a commit feeds the run's report: each shard's images table as it streams past, then `write`."""
+
+    def add(self, images: pa.Table) -> None:
+        """Take one shard's images table (in shard order)."""
+        ...
+
+    def write(self) -> object:
+        """Write the report; never raises (a report must not cost the commit)."""
+        ...
+
+
+#: What a commit may write besides the tables: (output, layout, manifest) -> a ReportWriter.
+ReportHook = Callable[[ObjectStore, RunLayout, RunManifest], ReportWriter]
+
+
+def done_shard_ids(output: ObjectStore, layout: RunLayout) -> set[int]:
+    """The ids of the run's done shards (one listing of their markers; none is read)."""
+    return {i for o in output.list(layout.done_prefix) if (i := parse_shard(o.key)) is not None}
 
 
 def done_markers(output: ObjectStore, layout: RunLayout) -> dict[int, ShardMarker]:
     """The markers of the run's done shards, by shard id (one listing, then one read per shard)."""
-    shard_ids = [i for o in output.list(layout.done_prefix) if (i := parse_shard(o.key)) is not None]
+    shard_ids = sorted(done_shard_ids(output, layout))
     with ThreadPoolExecutor(_IO_THREADS) as pool:
         markers = pool.map(lambda i: attempts.read_marker(output, layout, i), shard_ids)
     return {m.summary.shard_id: m for m in markers if m is not None}
+
+
+def _windows(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), _WINDOW):
+        yield ids[start : start + _WINDOW]
 
 
 def summary_of(
@@ -83,39 +109,56 @@ def commit_run(
     plan = load_plan(output, layout)
     if plan is None:
         raise RunIncompleteError(f"run {layout.run_id} has no plan under {output.uri}; plan it first")
-    markers = done_markers(output, layout)
-    missing = [i for i in range(plan.shards) if i not in markers]
+    done = done_shard_ids(output, layout)
+    missing = [i for i in range(plan.shards) if i not in done]
     if missing:
         raise RunIncompleteError(f"run {layout.run_id} cannot be committed: shards {missing[:20]} are not done")
-    ordered = [markers[i] for i in range(plan.shards)]
+    ids = list(range(plan.shards))
+    states: list[ShardState] = []
     with ThreadPoolExecutor(_IO_THREADS) as pool:
-        list(pool.map(lambda m: attempts.settle(output, layout, m), ordered))
-        images = list(pool.map(lambda m: read_parquet(output, m.files["images"].key, "images"), ordered))
-    for obj in list(output.list(layout.attempts_prefix)):  # every attempt's copies, winners' included
-        output.delete(obj.key)
-    summary = summary_of(output, layout, plan, markers, "committed")
-    manifest = RunManifest(
-        run_id=layout.run_id,
-        job=json.loads(job.model_dump_json()),
-        fingerprint=plan.fingerprint,
-        prompts=list(job.all_prompts),
-        models={
-            "fastsam": {
-                "name": job.model.checkpoint or "fastsam-tiny.pt (shipped)",
-                "sha256": summary.models.get("fastsam", []),
+        for window in _windows(ids):  # markers a window at a time: read, settle, keep their states
+            markers = list(pool.map(lambda i: attempts.read_marker(output, layout, i), window))
+            if any(m is None for m in markers):
+                gone = [i for i, m in zip(window, markers, strict=True) if m is None]
+                raise RunIncompleteError(f"run {layout.run_id}: the markers of shards {gone[:20]} vanished")
+            list(pool.map(lambda m: attempts.settle(output, layout, m), markers))
+            states += [ShardState(shard_id=m.summary.shard_id, attempt_id=m.attempt_id, summary=m.summary)
+                       for m in markers]  # fmt: skip
+        for obj in list(output.list(layout.attempts_prefix)):  # every attempt's copies, winners' included
+            output.delete(obj.key)
+        summary = RunSummary.of_shards(layout.run_id, output.uri_of(layout.prefix.rstrip("/")), "committed",
+                                       plan.shards, plan, (st.summary for st in states),
+                                       list_errors=plan.list_errors)  # fmt: skip
+        manifest = RunManifest(
+            run_id=layout.run_id,
+            job=json.loads(job.model_dump_json()),
+            fingerprint=plan.fingerprint,
+            prompts=list(job.all_prompts),
+            models={
+                "fastsam": {
+                    "name": job.model.checkpoint or "fastsam-tiny.pt (shipped)",
+                    "sha256": summary.models.get("fastsam", []),
+                },
+                "clip": {"name": job.clip.arch if job.prompts else None, "sha256": summary.models.get("clip", [])},
             },
-            "clip": {"name": job.clip.arch if job.prompts else None, "sha256": summary.models.get("clip", [])},
-        },
-        code_version=code_version,
-        shards=[ShardState(shard_id=m.summary.shard_id, attempt_id=m.attempt_id, summary=m.summary) for m in ordered],
-        summary=summary,
-        started_at=started_at,
-        finished_at=datetime.now(UTC),
-    )
+            code_version=code_version,
+            shards=states,
+            summary=summary,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+        )
+        writer = report(output, layout, manifest) if report is not None else None
+        part = index.PartWriter(output, layout.run_id, labelling_id(plan.fingerprint))
+        for window in _windows(states):  # images tables a window at a time: the index part and the report's rows
+            images = (layout.table("images", st.shard_id) for st in window)
+            for table in pool.map(lambda key: read_parquet(output, key, "images"), images):
+                part.add(table)
+                if writer is not None:
+                    writer.add(table)
     output.put(layout.manifest, manifest.model_dump_json(indent=2).encode())
-    if report is not None:
-        report(output, layout, manifest, images)
-    index.add_run(output, layout.run_id, images, labelling_id(plan.fingerprint))
+    if writer is not None:
+        writer.write()
+    part.close()
     output.put(layout.success, b"")
     return manifest
 

@@ -22,10 +22,13 @@ try (`ImageStatus.retry_later`) are not indexed.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from schemas.errors import ObjectNotFoundError, StoreUnavailableError
 from schemas.fingerprint import labelling_id
@@ -224,24 +227,53 @@ def labelled_by(index: pa.Table, listing: pa.Table, labelling: str) -> list[str]
     return sorted(latest["run_id_max"].to_pylist())
 
 
-def add_run(output: ObjectStore, run_id: str, images: list[pa.Table], labelling: str) -> None:
-    """Write the index part of a run about to commit (from its images tables); compact when files have gathered.
+class PartWriter:
+    """A run's index part, written as its images tables stream past (one table in memory at a time).
 
-    `labelling` is the run's labelling fingerprint id (`schemas.fingerprint.labelling_id`).
+    Rows go to a local Parquet file; `close` puts it at `index/part-{run_id}.parquet` and compacts
+    when files have gathered. The first commit under an output that has committed runs but no index
+    also writes a base rebuilt from those runs' images tables, so the index is complete from then on.
 
-    The first commit under an output that has committed runs but no index also writes a base
-    rebuilt from those runs' images tables, so the index is complete from then on.
+    Args:
+        output: the job's output store.
+        run_id: the run about to commit.
+        labelling: its labelling fingerprint id (`schemas.fingerprint.labelling_id`).
     """
-    before = _counted(output)
-    if not before:
-        legacy = _legacy(output, exclude=run_id)
-        if legacy.num_rows:
-            output.put(index_base_key(run_id), parquet_bytes(legacy))
-            log.info("index: %d objects of earlier runs indexed under %s", legacy.num_rows, output.uri_of(INDEX))
-    part = pa.concat_tables([_EMPTY, *(rows_of(t, run_id, labelling) for t in images)])
-    output.put(index_part_key(run_id), parquet_bytes(part))
-    if len(before) >= COMPACT_AT:
-        compact(output, run_id, before)
+
+    def __init__(self, output: ObjectStore, run_id: str, labelling: str):
+        self.output, self.run_id, self.labelling = output, run_id, labelling
+        self._dir = tempfile.TemporaryDirectory(prefix="fastsam-index-")
+        self._path = Path(self._dir.name) / "part.parquet"
+        self._writer = pq.ParquetWriter(self._path, INDEX_SCHEMA, compression="zstd")
+
+    def add(self, images: pa.Table) -> None:
+        """Index one images table's rows (see `rows_of`)."""
+        self._writer.write_table(rows_of(images, self.run_id, self.labelling))
+
+    def close(self) -> None:
+        """Put the part (and a legacy base first, if needed); compact when files have gathered."""
+        self._writer.close()
+        try:
+            before = _counted(self.output)
+            if not before:
+                legacy = _legacy(self.output, exclude=self.run_id)
+                if legacy.num_rows:
+                    self.output.put(index_base_key(self.run_id), parquet_bytes(legacy))
+                    log.info("index: %d objects of earlier runs indexed under %s", legacy.num_rows,
+                             self.output.uri_of(INDEX))  # fmt: skip
+            self.output.put_file(index_part_key(self.run_id), self._path)
+            if len(before) >= COMPACT_AT:
+                compact(self.output, self.run_id, before)
+        finally:
+            self._dir.cleanup()
+
+
+def add_run(output: ObjectStore, run_id: str, images: list[pa.Table], labelling: str) -> None:
+    """Write the index part of a run about to commit from its images tables (see `PartWriter`)."""
+    writer = PartWriter(output, run_id, labelling)
+    for t in images:
+        writer.add(t)
+    writer.close()
 
 
 def compact(output: ObjectStore, run_id: str, keys: list[str]) -> None:
