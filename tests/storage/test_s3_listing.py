@@ -7,8 +7,7 @@ import boto3
 import pytest
 
 from schemas.job import StorageSpec
-from workers.storage import S3Store
-from workers.storage import s3_listing
+from workers.storage import S3Store, s3_listing
 
 
 def _keys() -> list[str]:
