@@ -127,11 +127,12 @@ RunState = Literal["running", "incomplete", "failed", "committed"]
 
 
 class ListErrors(BaseModel):
-    """Parts of the source the plan could not list, so their objects are not in the run.
+    """Problems the plan met listing the source: folders it could not list, bad rows of a source manifest.
 
     Attributes:
-        count: folders skipped (unreadable, or symbolic links to folders, which are not followed).
-        first: the first few, as "path: why" (paths relative to the source).
+        count: problems: folders skipped (unreadable, or symbolic links to folders, which are not
+            followed), manifest rows naming no object under the source, keys a manifest lists twice.
+        first: the first few, as "what: why" (paths relative to the source), each saying its fix.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -145,8 +146,9 @@ class ListErrors(BaseModel):
             return None
         more = f" and {self.count - len(self.first)} more" if self.count > len(self.first) else ""
         return (
-            f"{self.count} folder(s) under {source} could not be listed and their images are not in this run: "
-            f"{'; '.join(self.first)}{more}; fix their permissions, or point source.uri at the folder a link leads to"
+            f"{self.count} problem(s) listing {source} (what they name may be missing from this run): "
+            f"{'; '.join(self.first)}{more}; fix a folder's permissions, point source.uri at the folder a link "
+            "leads to, or fix the manifest's rows"
         )
 
 
@@ -238,7 +240,7 @@ class RunSummary(BaseModel):
         """The summary as one line for people."""
         c = self.counts
         speed = f", {self.images_per_second} images/s" if self.images_per_second is not None else ""
-        unlisted = f", {self.list_errors.count} folder(s) not listed" if self.list_errors.count else ""
+        unlisted = f", {self.list_errors.count} listing problem(s)" if self.list_errors.count else ""
         return (
             f"run {self.run_id} {self.state}: {c.objects} objects, {c.labelled} labelled, {c.failed} failed, "
             f"{c.masks} masks{unlisted}{speed} -> {self.output}"

@@ -163,11 +163,13 @@ def test_a_run_stopped_mid_listing_and_mid_labelling_resumes_to_the_rows_of_an_u
 ):
     import flows.run
     import workers.runs.planner
+    import workers.storage.listings
 
     src = _scenes(tmp_path / "src", 10)
     compute = {"shard_size": 2, "num_actors": 1, "cpus_per_actor": 1, "batch_size": 2}
     job = flow_job(str(src), str(tmp_path / "out"), compute=compute)
     monkeypatch.setattr(workers.runs.planner, "CHUNK", 2)  # classify two objects at a time: shards cut early
+    monkeypatch.setattr(workers.storage.listings, "BATCH", 2)  # pages of two objects
     real_open = flows.run.open_store
     monkeypatch.setattr(flows.run, "open_store", lambda uri, storage=None: ListingFails(uri))
     with pytest.raises(StoreUnavailableError, match="SlowDown"):

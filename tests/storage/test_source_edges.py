@@ -46,7 +46,7 @@ def test_a_named_pipe_gets_an_unsupported_row_and_never_blocks(tmp_path):
     manifest = runs.commit_run(job, out, RunLayout("fifo"), "test", datetime.now(UTC), report.at_commit)
     assert manifest.summary.list_errors.count == 1
     page = (tmp_path / "out/runs/fifo/report.html").read_text()
-    assert "Not listed:</b> 1 folder(s) under" in page and "linked: a symbolic link to a folder" in page
+    assert "Not listed:</b> 1 problem(s) listing" in page and "linked: a symbolic link to a folder" in page
     with pytest.raises(NotAFileError, match=r"cams/pipe\.jpg is a named pipe \(FIFO\); only regular files are read"):
         LocalStore(src).read("cams/pipe.jpg")
 

@@ -25,6 +25,7 @@ import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -384,18 +385,11 @@ def list_source(
     return pa.concat_tables([SHARD_SCHEMA.empty_table(), *chunks])
 
 
-def plan_run(
-    job: Job,
-    source: ObjectStore,
-    output: ObjectStore,
-    layout: RunLayout,
-    fingerprint: dict,
-    incremental: bool | IncrementalMode = False,
-) -> Plan:
-    """Plan the run in this thread (or load or resume its plan); see `Planner`.
+def plan_run(*args: Any, **kwargs: Any) -> Plan:
+    """`Planner(*args, **kwargs).run()`: plan the run in this thread (or load or resume its plan).
 
     Raises:
         RunMismatchError: the run was planned by another job.
         EmptySourceError: the listing holds nothing the job labels (nothing is written).
     """
-    return Planner(job, source, output, layout, fingerprint, incremental).run()
+    return Planner(*args, **kwargs).run()
