@@ -12,6 +12,7 @@ from schemas.layout import RunLayout
 from workers import runs
 from workers.runs.committed import CommittedRun
 from workers.runs.lease import RunLease
+from workers.runs.planner import plan_so_far
 from workers.storage import open_store
 
 
@@ -29,7 +30,7 @@ def main(args: argparse.Namespace) -> int:
         run.verify()  # and every file is the one it names
         print(json.dumps(run.manifest.summary.model_dump(mode="json"), indent=2))
         return 0
-    plan = runs.load_plan(output, layout)
+    plan = plan_so_far(output, layout)  # while the listing goes on: the shards planned so far
     if plan is None:
         raise RunNotFoundError(f"no run {layout.run_id} under {output.uri}: check the run id and --output")
     holder = RunLease(output, layout).holder()

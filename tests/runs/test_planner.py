@@ -165,3 +165,17 @@ def test_lists_carry_their_progress_and_a_list_without_one_is_planned_again(tmp_
     assert listing.starts == [read_parquet(out, layout.shard_list(2), "shard")["key"][-1].as_py()]
     assert (plan.shards, plan.objects) == (10, 100)
     assert [o.key for shard in _lists(out, layout, 10) for o in shard] == sorted(_keys(100))
+
+
+def test_status_of_a_run_being_planned_counts_the_shard_lists_written_so_far(tmp_path, capsys):
+    import json
+
+    from flows.cli import main
+
+    out = LocalStore(tmp_path / "out")
+    with pytest.raises(StoreUnavailableError):
+        Planner(_job(tmp_path, shard_size=10), Failing("s3://cams/", _keys(100), fail_after=45), out, RunLayout("r"),
+                FP, chunk=8).run()  # fmt: skip
+    assert main(["status", "r", "--output", str(tmp_path / "out")]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert (got["state"], got["shards_planned"], got["shards_done"], got["counts"]["listed"]) == ("incomplete", 4, 0, 40)

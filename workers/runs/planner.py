@@ -153,22 +153,41 @@ class Planner:
         return _Stream(self, planning, kept, progress).run()
 
     def _resume_point(self) -> tuple[int, PlanProgress | None]:
-        """(shard lists kept, the last one's progress): the longest run 0..k-1 of lists that carry a progress."""
-        ids = sorted(i for o in self.output.list(self.layout.shards_prefix) if (i := parse_shard(o.key)) is not None)
-        kept = 0
-        for i in ids:
-            if i != kept:
-                break
-            kept += 1
-        while kept:
-            try:
-                meta = footer_metadata(self.output, self.layout.shard_list(kept - 1))
-            except (StoreError, TableError, pa.ArrowException):
-                meta = {}
-            if PROGRESS_KEY in meta:
-                return kept, PlanProgress.model_validate_json(meta[PROGRESS_KEY])
-            kept -= 1  # written before lists carried their progress, or damaged: plan it again
-        return 0, None
+        return resume_point(self.output, self.layout)
+
+
+def resume_point(output: ObjectStore, layout: RunLayout) -> tuple[int, PlanProgress | None]:
+    """(shard lists kept, the last one's progress) of an unsealed plan: the longest run 0..k-1 of lists with one."""
+    ids = sorted(i for o in output.list(layout.shards_prefix) if (i := parse_shard(o.key)) is not None)
+    kept = 0
+    for i in ids:
+        if i != kept:
+            break
+        kept += 1
+    while kept:
+        try:
+            meta = footer_metadata(output, layout.shard_list(kept - 1))
+        except (StoreError, TableError, pa.ArrowException):
+            meta = {}
+        if PROGRESS_KEY in meta:
+            return kept, PlanProgress.model_validate_json(meta[PROGRESS_KEY])
+        kept -= 1  # written before lists carried their progress, or damaged: plan it again
+    return 0, None
+
+
+def plan_so_far(output: ObjectStore, layout: RunLayout) -> Plan | None:
+    """The sealed plan; or, while the run is being planned, a plan of the shard lists written so far; or None."""
+    plan = load_plan(output, layout)
+    if plan is not None:
+        return plan
+    planning = load_planning(output, layout)
+    if planning is None:
+        return None
+    kept, progress = resume_point(output, layout)
+    p = progress or PlanProgress(through="", listed=0)
+    return Plan(run_id=layout.run_id, shards=kept, objects=p.listed - p.skipped, listed=p.listed, skipped=p.skipped,
+                incremental=planning.incremental, new=p.new, changed=p.changed, relabelled=p.relabelled,
+                fingerprint=planning.fingerprint, created_at=planning.created_at)  # fmt: skip
 
 
 class _Stream:
