@@ -178,4 +178,5 @@ def test_status_of_a_run_being_planned_counts_the_shard_lists_written_so_far(tmp
                 FP, chunk=8).run()  # fmt: skip
     assert main(["status", "r", "--output", str(tmp_path / "out")]) == 1
     got = json.loads(capsys.readouterr().out)
-    assert (got["state"], got["shards_planned"], got["shards_done"], got["counts"]["listed"]) == ("incomplete", 4, 0, 40)
+    state = (got["state"], got["shards_planned"], got["shards_done"], got["counts"]["listed"])
+    assert state == ("incomplete", 4, 0, 40)
