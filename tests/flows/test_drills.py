@@ -23,9 +23,8 @@ import yaml
 from flows.cli import main
 from flows.label import label_collection
 from schemas import RunLayout, parse_job
-from schemas.errors import StoreUnavailableError
 from tests.support.faults import KINDS, FaultProxy
-from tests.support.helpers import flow_job, plan_for, run_rows, scene_bytes
+from tests.support.helpers import cli, flow_job, plan_for, run_rows, scene_bytes
 from workers import runs
 from workers.labelling.labeler import Labeler
 from workers.outputs import report
@@ -146,44 +145,23 @@ def test_resuming_with_another_job_is_refused_and_with_the_same_job_completes(tm
     assert manifest["prompts"] == ["red"] and manifest["summary"]["counts"]["labelled"] == 4
 
 
-class ListingFails(LocalStore):
-    """A source folder whose listing fails after `after` objects, as a bucket that starts throttling does."""
-
-    after = 7
-
-    def list(self, prefix: str = "", skipped=None, start_after=None):
-        for n, obj in enumerate(super().list(prefix, skipped, start_after)):
-            if n == self.after:
-                raise StoreUnavailableError(f"{self.uri}: SlowDown after 5 attempts; try again later")
-            yield obj
-
-
-def test_a_run_stopped_mid_listing_and_mid_labelling_resumes_to_the_rows_of_an_uninterrupted_run(
-    tmp_path, prefect_harness, monkeypatch
-):
-    import flows.run
-    import workers.runs.planner
-    import workers.storage.listings
-
+def test_a_run_stopped_mid_listing_and_mid_labelling_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path):
     src = _scenes(tmp_path / "src", 10)
-    compute = {"shard_size": 2, "num_actors": 1, "cpus_per_actor": 1, "batch_size": 2}
-    job = flow_job(str(src), str(tmp_path / "out"), compute=compute)
-    monkeypatch.setattr(workers.runs.planner, "CHUNK", 2)  # classify two objects at a time: shards cut early
-    monkeypatch.setattr(workers.storage.listings, "BATCH", 2)  # pages of two objects
-    real_open = flows.run.open_store
-    monkeypatch.setattr(flows.run, "open_store", lambda uri, storage=None: ListingFails(uri))
-    with pytest.raises(StoreUnavailableError, match="SlowDown"):
-        label_collection(job=job, run_id="stopped")
+    job = _job_file(tmp_path, "job", src, ["red"])  # shards of 2
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_"))}  # own servers
+    stopped = subprocess.run([sys.executable, "-m", "tests.support.stopped_listing", str(job), "stopped"], env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert stopped.returncode == 4 and "SlowDown after 5 attempts" in stopped.stderr, stopped.stderr[-2000:]
     out = LocalStore(tmp_path / "out")
     layout = RunLayout("stopped")
     assert out.head(layout.plan) is None and out.head(layout.planning) is not None  # stopped mid-listing
     done = sorted(o.key for o in out.list(layout.done_prefix))
     assert done == [layout.done(i) for i in range(3)]  # the shards the listing had filled were labelled
-    monkeypatch.setattr(flows.run, "open_store", real_open)
-    resumed = label_collection(job=job, run_id="stopped")
-    assert resumed["state"] == "committed" and resumed["labelled_now"] == 4 and resumed["shards_planned"] == 5
-    whole = label_collection(job=job, run_id="whole")
-    assert whole["counts"]["labelled"] == resumed["counts"]["labelled"] == 10
+    code, resumed, _ = cli("run", job, "--run-id", "stopped")
+    assert code == 0 and resumed["state"] == "committed" and resumed["labelled_now"] == 4
+    assert resumed["shards_planned"] == 5
+    code, whole, _ = cli("run", job, "--run-id", "whole")
+    assert code == 0 and whole["counts"]["labelled"] == resumed["counts"]["labelled"] == 10
 
     def rows(run_id: str) -> list[list[dict]]:
         drop = {*TIMING, "run_id"}

@@ -1,10 +1,6 @@
 """Labels over time through the CLI: incremental runs follow the model and the prompts, reprompt, the Delta tables."""
 
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +9,7 @@ import pytest
 import yaml
 
 from tests.support import ROOT
-from tests.support.helpers import flow_job, scene_bytes
+from tests.support.helpers import cli, flow_job, scene_bytes
 
 README = (ROOT / "README.md").read_text()
 
@@ -25,20 +21,6 @@ def _job(tmp_path: Path, name: str, prompts: list[str], **model) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
-
-
-def _cli(*args) -> tuple[int, dict, str]:
-    """(exit code, the JSON summary it printed, its whole stdout) of one CLI command, in its own process.
-
-    Each run starts and stops its own Ray cluster and Prefect server; in a process of its own, none of
-    that lingers in the test process.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_"))}
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-    out = proc.stdout
-    assert "\n{" in out, f"{args}: exit {proc.returncode}, printed {out!r}, {proc.stderr[-2000:]!r}"
-    return proc.returncode, json.loads(out[out.index("\n{") :]), out
 
 
 def _masks(tmp_path: Path, run_id: str):
@@ -57,13 +39,13 @@ def nights(tmp_path_factory):
     reprompted = _job(tmp_path, "reprompted", ["green", "red"], conf=0.3)
     out = str(tmp_path / "out")
     steps = {
-        "first": _cli("run", base, "--run-id", "n1"),
-        "same": _cli("run", base, "--run-id", "n2", "--incremental"),
-        "model": _cli("run", upgraded, "--run-id", "n3", "--incremental"),
-        "source-mode": _cli("run", base, "--run-id", "n4", "--incremental=source"),
-        "prompt": _cli("run", prompted, "--run-id", "n5", "--incremental"),
-        "reprompt": _cli("reprompt", "n5", "--output", out, "--prompt", "green", "--prompt", "red", "--run-id", "rp"),
-        "after-reprompt": _cli("run", reprompted, "--run-id", "n6", "--incremental"),
+        "first": cli("run", base, "--run-id", "n1"),
+        "same": cli("run", base, "--run-id", "n2", "--incremental"),
+        "model": cli("run", upgraded, "--run-id", "n3", "--incremental"),
+        "source-mode": cli("run", base, "--run-id", "n4", "--incremental=source"),
+        "prompt": cli("run", prompted, "--run-id", "n5", "--incremental"),
+        "reprompt": cli("reprompt", "n5", "--output", out, "--prompt", "green", "--prompt", "red", "--run-id", "rp"),
+        "after-reprompt": cli("run", reprompted, "--run-id", "n6", "--incremental"),
     }
     return tmp_path, steps
 

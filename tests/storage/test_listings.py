@@ -12,6 +12,7 @@ import pytest
 from schemas import parse_job
 from schemas.errors import JobError, ListingError, ObjectNotFoundError
 from tests.support.helpers import label_and_commit, plan_for, scene_bytes
+from workers.runs.committed import CommittedRun
 from workers.runs.planner import list_source
 from workers.storage import LocalStore, open_store
 from workers.storage.listings import open_listing
@@ -100,6 +101,9 @@ def test_a_manifest_run_is_labelled_then_skipped_as_unchanged(tmp_path):
     assert (plan.objects, plan.fingerprint["source.manifest"]) == (2, str(tmp_path / "m.parquet"))
     assert plan.fingerprint["source.listing_etag"] == LocalStore(tmp_path).head("m.parquet").etag
     assert plan_for(job, "again", incremental=True).skipped == 2  # the index matches manifest objects by URI
+    run = CommittedRun(LocalStore(tmp_path / "out"), "first")  # what exports, reprompt and the tables read
+    run.verify()
+    assert sorted(run.table("images", s)["key"].to_pylist()[0] for s in run.manifest.shards) == ["0.jpg"]
 
 
 def _inventory(s3, bucket: str, fmt: str) -> str:

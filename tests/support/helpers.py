@@ -201,3 +201,22 @@ def dense_mask(row: dict) -> np.ndarray:
     from pycocotools import mask as mask_utils
 
     return mask_utils.decode({"size": row["rle_size"], "counts": row["rle_counts"].encode()})
+
+
+def cli(*args) -> tuple[int, dict, str]:
+    """(exit code, the JSON summary it printed, its whole stdout) of one CLI command, in its own process.
+
+    Each run starts and stops its own Ray cluster and Prefect server; in a process of its own, none of
+    that lingers in the test process.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_"))}
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    out = proc.stdout
+    assert "\n{" in out, f"{args}: exit {proc.returncode}, printed {out!r}, {proc.stderr[-2000:]!r}"
+    return proc.returncode, json.loads(out[out.index("\n{") :]), out

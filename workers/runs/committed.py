@@ -260,7 +260,8 @@ def check_manifest(manifest: RunManifest, plan: Plan | None, where: str) -> None
         try:
             fp = plan.fingerprint
             hashes = InputHashes(model=fp.get("model.sha256") or "?", clip=fp.get("clip.sha256"),
-                                 prompt_table=fp.get("prompt_table.sha256"))  # fmt: skip
+                                 prompt_table=fp.get("prompt_table.sha256"),
+                                 listing=fp.get("source.listing_etag"))  # fmt: skip
             own = fingerprint(parse_job(manifest.job, environ={}), hashes)
         except JobError as e:
             problems.append(f"its job does not validate ({e})")
