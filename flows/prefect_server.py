@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import logging
 import os
 import socket
@@ -23,6 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from schemas.errors import PrefectServerError
+
+#: Ports tried for the temporary server (another process may take a free port before the server binds it).
+_PORT_TRIES = 3
 
 
 def _free_port() -> int:
@@ -47,15 +51,22 @@ def temporary_server(timeout_s: float = 60.0) -> Iterator[str | None]:
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         yield None
         return
-    port = _free_port()
     with _startup_lock():  # two servers migrating one new database at once break it (no such table ...)
-        proc = _start(port)
-        url = f"http://127.0.0.1:{port}/api"
-        try:
-            _wait_healthy(proc, url, timeout_s)
-        except BaseException:
-            _stop(proc)
-            raise
+        for attempt in range(1, _PORT_TRIES + 1):
+            port = _free_port()
+            proc = _start(port)
+            url = f"http://127.0.0.1:{port}/api"
+            try:
+                _wait_healthy(proc, url, timeout_s)
+                break
+            except PrefectServerError:
+                _stop(proc)
+                if proc.returncode is None or attempt == _PORT_TRIES:
+                    raise
+                # it exited: most likely another process took the free port first (Ray's, a second run's)
+            except BaseException:
+                _stop(proc)
+                raise
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:
@@ -134,7 +145,7 @@ def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float) -> None:
             with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
                 if r.status == 200:
                     return
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, http.client.HTTPException):  # not up yet, or not HTTP (not ours)
             pass
         time.sleep(0.1)
     raise PrefectServerError(

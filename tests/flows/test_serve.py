@@ -4,6 +4,7 @@ through the API completes, and the deployment carries its cron schedule."""
 import subprocess
 import sys
 import time
+import urllib.request
 
 import yaml
 
@@ -62,3 +63,38 @@ def test_served_deployment_runs_on_demand_and_has_its_cron(tmp_path, prefect_ser
     assert len(runs) == 1
     images = list((tmp_path / "out/runs" / runs[0] / "images").glob("*.parquet"))
     assert len(images) == 2
+
+
+def test_a_temporary_server_whose_port_was_taken_starts_on_another(monkeypatch):
+    """Another process (a Ray port, a second run) may take the free port first; it answers garbage, not HTTP."""
+    import socket
+    import threading
+
+    from flows import prefect_server
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+
+    def answer_garbage() -> None:
+        while True:
+            try:
+                conn, _ = squatter.accept()
+            except OSError:
+                return
+            conn.sendall(b"\x00\x00\x12\x04\x00\xfe binary")
+            conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    ports = [taken]
+    real = prefect_server._free_port
+    monkeypatch.setattr(prefect_server, "_free_port", lambda: ports.pop() if ports else real())
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    try:
+        with prefect_server.temporary_server() as url:
+            assert url is not None and f":{taken}/" not in url
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                assert r.status == 200
+    finally:
+        squatter.close()
