@@ -189,8 +189,8 @@ def label_collection(
             "images_per_second": round(labelled_now / seconds, 2) if seconds > 0 else None,
         }
         if failed:
-            markers = runs.done_markers(output, layout)
-            summary = runs.summary_of(output, layout, plan, markers, "failed", failed_shards=failed, **extra)
+            done_now = runs.done_summaries(output, layout)
+            summary = runs.summary_of(output, layout, plan, done_now, "failed", failed_shards=failed, **extra)
             _report(summary)
             first = next(iter(failed.items()))
             raise RunFailedError(

@@ -78,7 +78,7 @@ def reprompt_run(
         reprompter = Reprompter(store, parent_run, stored, job, layout.run_id, embedder)
         plan = reprompter.plan()
         if not runs.is_committed(store, layout):
-            done = runs.done_markers(store, layout)
+            done = runs.done_shard_ids(store, layout)
             reprompt_shards(reprompter, [i for i in range(plan.shards) if i not in done])
             runs.commit_run(job, store, layout, code_version(), started, report.at_commit)
         publish_task(job, layout.run_id)

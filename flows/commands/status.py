@@ -35,6 +35,6 @@ def main(args: argparse.Namespace) -> int:
         raise RunNotFoundError(f"no run {layout.run_id} under {output.uri}: check the run id and --output")
     holder = RunLease(output, layout).holder()
     state = "running" if holder is not None and not holder.free(datetime.now(UTC)) else "incomplete"
-    summary = runs.summary_of(output, layout, plan, runs.done_markers(output, layout), state)
+    summary = runs.summary_of(output, layout, plan, runs.done_summaries(output, layout), state)
     print(json.dumps(summary.model_dump(mode="json"), indent=2))
     return 1

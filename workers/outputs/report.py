@@ -42,6 +42,7 @@ PALETTE = (
 )  # fmt: skip
 THUMB = 320  # longest side of a thumbnail, pixels
 SAMPLE = 12  # images in the run's sample
+LOWEST = 6  # images of the lowest-stability masks shown
 MAX_MASKS = 60  # masks drawn per thumbnail (highest scores)
 MAX_PLACEHOLDERS = 60  # errored objects shown as placeholders in the grid
 MAX_ERRORS = 500  # errored objects listed in the table (the images table has them all)
@@ -126,6 +127,14 @@ def _label_bars(labels: dict[str, int], prompts: list[str]) -> str:
     return f'<figure class="chart"><figcaption>Masks per label</figcaption><table>{body}</table></figure>'
 
 
+def run_stats(manifest: RunManifest) -> MaskStats:
+    """The run's mask statistics: its shards' summaries' merged."""
+    stats = MaskStats()
+    for state in manifest.shards:
+        stats = stats.merged(state.summary.mask_stats)
+    return stats
+
+
 def _rows_by_id(images: Iterable[pa.Table], ids: set[str]) -> dict[str, dict]:
     out = {}
     for t in images:
@@ -147,9 +156,7 @@ def build(
         images: the run's images tables, one per shard, or the rows a streamed commit kept (`ReportRows`).
     """
     s = manifest.summary
-    stats = MaskStats()
-    for state in manifest.shards:
-        stats = stats.merged(state.summary.mask_stats)
+    stats = run_stats(manifest)
     prompts = manifest.positive_prompts
     ok = [t.filter(pc.equal(t["status"], ImageStatus.OK.value)) for t in images]
     okcat = pa.concat_tables(ok) if ok else None
@@ -157,7 +164,7 @@ def build(
     if okcat is not None and okcat.num_rows:
         picked = pc.select_k_unstable(okcat, min(SAMPLE, okcat.num_rows), sort_keys=[("image_id", "ascending")])
         sample = okcat.take(picked)["image_id"].to_pylist()
-    lowest = [i for i, _ in stats.lowest_stability[:6]]
+    lowest = [i for i, _ in stats.lowest_stability[:LOWEST]]
     examples = {label: i for label, (i, _) in sorted(stats.label_examples.items())}
     rows = _rows_by_id(ok, set(sample) | set(lowest) | set(examples.values()))
     limits = manifest.job.get("limits", {})
@@ -221,7 +228,7 @@ def build(
         + f"<tr><td>prompts</td><td>{_e(', '.join(manifest.prompts))}</td></tr></table>",
         "<h2>A sample of the run</h2><div class=\"grid\">" + "".join(figure(i, "") for i in sample) + "</div>",
         "<h2>Lowest mean stability</h2><div class=\"grid\">"
-        + "".join(figure(i, f" · mean stability {v:.3f}") for i, v in stats.lowest_stability[:6]) + "</div>",
+        + "".join(figure(i, f" · mean stability {v:.3f}") for i, v in stats.lowest_stability[:LOWEST]) + "</div>",
         "<h2>One per label</h2><div class=\"grid\">"
         + "".join(figure(i, f" · best {label!r}") for label, i in examples.items()) + "</div>",
         '<h2>Distributions</h2><div class="charts">'
@@ -257,10 +264,8 @@ class ReportRows:
     """
 
     def __init__(self, manifest: RunManifest):
-        stats = MaskStats()
-        for state in manifest.shards:
-            stats = stats.merged(state.summary.mask_stats)
-        wanted = {i for i, _ in stats.lowest_stability[:6]} | {i for i, _ in stats.label_examples.values()}
+        stats = run_stats(manifest)
+        wanted = {i for i, _ in stats.lowest_stability[:LOWEST]} | {i for i, _ in stats.label_examples.values()}
         self._wanted = pa.array(sorted(wanted), pa.string())
         self._sample: pa.Table | None = None
         self._kept: list[pa.Table] = []

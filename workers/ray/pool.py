@@ -271,7 +271,8 @@ class LabelerPool:
             whatever iterating `shard_ids` raised, once the shards already taken have finished.
         """
         results: queue.SimpleQueue = queue.SimpleQueue()
-        window = threading.Semaphore(len(self._actors) + max(2, len(self._actors) // 4))
+        waiting = len(self._actors) + max(2, len(self._actors) // 4)  # shards taken at once: one per thread
+        window = threading.Semaphore(waiting)
         stop = threading.Event()
         fed: list = []  # [count] or [count, error] once the iterable ends
 
@@ -307,8 +308,7 @@ class LabelerPool:
                 fed.append(n)
             results.put(None)
 
-        threads = len(self._actors) + max(2, len(self._actors) // 4)
-        with ThreadPoolExecutor(threads, thread_name_prefix="fastsam-dispatch") as executor:
+        with ThreadPoolExecutor(waiting, thread_name_prefix="fastsam-dispatch") as executor:
             feeder = threading.Thread(target=feed, args=(executor,), daemon=True, name="fastsam-feed")
             feeder.start()
             got = 0

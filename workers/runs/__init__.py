@@ -7,7 +7,15 @@ what committed runs labelled (`index`).
 The run-level steps most callers need are re-exported here: `from workers import runs; runs.plan_run(...)`.
 """
 
-from workers.runs.commit import commit_run, done_markers, done_shard_ids, is_committed, load_manifest, summary_of
+from workers.runs.commit import (
+    commit_run,
+    done_markers,
+    done_shard_ids,
+    done_summaries,
+    is_committed,
+    load_manifest,
+    summary_of,
+)
 from workers.runs.plan import check_same_job, load_plan, new_run_id, plan_copy
 from workers.runs.planner import Planner, load_planning, plan_run
 
@@ -17,6 +25,7 @@ __all__ = [
     "commit_run",
     "done_markers",
     "done_shard_ids",
+    "done_summaries",
     "is_committed",
     "load_manifest",
     "load_plan",

@@ -8,7 +8,7 @@ the outputs it feeds.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Protocol
@@ -19,7 +19,7 @@ from schemas.errors import RunIncompleteError
 from schemas.fingerprint import labelling_id
 from schemas.job import Job
 from schemas.layout import RunLayout, parse_shard
-from schemas.manifest import Plan, RunManifest, RunState, RunSummary, ShardMarker, ShardState
+from schemas.manifest import Plan, RunManifest, RunState, RunSummary, ShardMarker, ShardState, ShardSummary
 from workers.runs import attempts, index
 from workers.runs.plan import load_plan
 from workers.storage import ObjectStore
@@ -66,19 +66,25 @@ def _windows(ids: list[int]) -> Iterator[list[int]]:
 
 
 def summary_of(
-    output: ObjectStore, layout: RunLayout, plan: Plan, markers: dict[int, ShardMarker], state: RunState, **extra
+    output: ObjectStore, layout: RunLayout, plan: Plan, done: Iterable[ShardSummary], state: RunState, **extra
 ) -> RunSummary:
-    """The run's summary over its done shards."""
+    """The run's summary over its done shards' summaries (in shard order; read once)."""
     return RunSummary.of_shards(
         layout.run_id,
         output.uri_of(layout.prefix.rstrip("/")),
         state,
         plan.shards,
         plan,
-        (markers[i].summary for i in sorted(markers)),
+        done,
         list_errors=plan.list_errors,
         **extra,
     )
+
+
+def done_summaries(output: ObjectStore, layout: RunLayout) -> list[ShardSummary]:
+    """The summaries of the run's done shards, in shard order (`done_markers`)."""
+    markers = done_markers(output, layout)
+    return [markers[i].summary for i in sorted(markers)]
 
 
 def is_committed(output: ObjectStore, layout: RunLayout) -> bool:
@@ -126,9 +132,7 @@ def commit_run(
                        for m in markers]  # fmt: skip
         for obj in list(output.list(layout.attempts_prefix)):  # every attempt's copies, winners' included
             output.delete(obj.key)
-        summary = RunSummary.of_shards(layout.run_id, output.uri_of(layout.prefix.rstrip("/")), "committed",
-                                       plan.shards, plan, (st.summary for st in states),
-                                       list_errors=plan.list_errors)  # fmt: skip
+        summary = summary_of(output, layout, plan, (st.summary for st in states), "committed")
         manifest = RunManifest(
             run_id=layout.run_id,
             job=json.loads(job.model_dump_json()),

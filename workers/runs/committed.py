@@ -150,7 +150,7 @@ class CommittedRun:
                     f"no run {run_id} under {output.uri}; check the run id and --output (fastsam-label status lists "
                     "a run's state)"
                 )
-            done = len(runs.done_markers(output, self.layout))
+            done = len(runs.done_shard_ids(output, self.layout))
             raise RunNotCommittedError(
                 f"run {run_id} is not committed ({done} of {plan.shards} shards done); finish it with "
                 f"`fastsam-label run JOB --run-id {run_id}` (the job that planned it), then export"

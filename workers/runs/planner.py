@@ -144,16 +144,13 @@ class Planner:
         if planning is not None:
             check_same_job(planning, self.fingerprint)  # type: ignore[arg-type]  (same fields as a Plan)
             self.mode = planning.incremental
-            kept, progress = self._resume_point()
+            kept, progress = resume_point(self.output, self.layout)
             if kept:
                 log.info("run %s: planning resumed after %d shard lists (after %s)", self.layout.run_id, kept,
                          progress.through)  # fmt: skip
         for i in range(kept):
             self._ready.put(i)
         return _Stream(self, planning, kept, progress).run()
-
-    def _resume_point(self) -> tuple[int, PlanProgress | None]:
-        return resume_point(self.output, self.layout)
 
 
 def resume_point(output: ObjectStore, layout: RunLayout) -> tuple[int, PlanProgress | None]:
@@ -203,7 +200,6 @@ class _Stream:
         self.start_after = progress.through if progress is not None else None
         self.pending: list[pa.Table] = []  # kept objects not in a shard yet (fewer than a shard)
         self.pending_rows = 0
-        self.last_key: str | None = self.start_after
         self.writes: collections.deque[tuple[int, Future]] = collections.deque()
         self.index: index.SortedIndex | None = None
         self.current = labelling_id(planner.fingerprint)
@@ -370,10 +366,10 @@ def _chunks(listing: Listing, spec: SourceSpec, chunk: int, skipped: list[str], 
 
 
 def _check_order(listing: Listing, keys: pa.ChunkedArray, last: str | None) -> None:
-    n = len(keys)
-    before = pa.chunked_array([pa.array([last], pa.string()), keys.slice(0, n - 1)]) if last is not None else None
-    after = keys if before is not None else keys.slice(1)
-    before = before if before is not None else keys.slice(0, n - 1)
+    """Refuse keys that do not strictly increase, from `last` (the previous batch's last key) on."""
+    before, after = keys.slice(0, len(keys) - 1), keys.slice(1)
+    if last is not None:  # the first key is compared with the last one before it too
+        before, after = pa.chunked_array([pa.array([last], pa.string()), *before.chunks], pa.string()), keys
     bad = pc.less_equal(after, before)
     if pc.any(bad).as_py():
         i = pc.index(bad, True).as_py()
