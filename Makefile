@@ -17,9 +17,10 @@ $(VENV)/.installed: pyproject.toml
 TOOLS := .tools
 tools: $(TOOLS)/label-studio/.installed $(TOOLS)/datumaro/.installed $(TOOLS)/fiftyone/.installed
 
+# sentry-sdk 3 refuses the options Label Studio 1.23 starts it with (TypeError: Unknown option 'send_default_pii').
 $(TOOLS)/label-studio/.installed:
 	$(PYTHON) -m venv $(TOOLS)/label-studio
-	$(TOOLS)/label-studio/bin/pip install -q "label-studio==1.23.2"
+	$(TOOLS)/label-studio/bin/pip install -q "label-studio==1.23.2" "sentry-sdk>=2,<3"
 	touch $@
 
 $(TOOLS)/datumaro/.installed:

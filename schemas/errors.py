@@ -187,6 +187,10 @@ class RunDamagedError(InvalidInputError):
     """A committed run's files are missing, damaged or not the ones its manifest names; the message names one."""
 
 
+#: What to do about a damaged run: the end of every RunDamagedError message about a run's files.
+DAMAGED_FIX = "the run's files changed after it was committed; restore them, or label again under a new run id"
+
+
 class ExportOptionsError(InvalidInputError):
     """Export options that cannot work together; the message names the flag and the fix."""
 

@@ -7,6 +7,7 @@
     runs/{run_id}/{table}/shard-{n:05d}.parquet     a shard's part of the images, masks, prompts, embeddings tables
     runs/{run_id}/done/shard-{n:05d}.json           the shard's marker (ShardMarker); created once
     runs/{run_id}/_attempts/{attempt}/{table}/shard-{n:05d}.parquet   an attempt's tables before publishing
+    runs/{run_id}/summaries.parquet                 at commit: one row per shard (SUMMARIES_SCHEMA)
     runs/{run_id}/manifest.json                     at commit
     runs/{run_id}/report.html                       at commit: the run report (workers.outputs.report)
     runs/{run_id}/_SUCCESS                          written last: the run is committed
@@ -115,6 +116,11 @@ class RunLayout:
     def manifest(self) -> str:
         """The manifest (RunManifest as JSON), written at commit."""
         return self.prefix + "manifest.json"
+
+    @property
+    def summaries(self) -> str:
+        """The shards' summaries (SUMMARIES_SCHEMA Parquet, one row per shard), written at commit."""
+        return self.prefix + "summaries.parquet"
 
     @property
     def report(self) -> str:

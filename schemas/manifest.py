@@ -4,7 +4,9 @@
 never keys or bytes), so it can travel through Ray and Prefect. `ShardMarker` is the shard's
 `done/shard-N.json`: the attempt that counts, its files and its summary. `RunSummary` is the one
 shape of a run's state, returned by the flow, printed by `fastsam-label run` and `status`, and kept
-in the manifest. `RunManifest` is written once, at commit, to `runs/{run_id}/manifest.json`.
+in the manifest. `RunManifest` is written once, at commit, to `runs/{run_id}/manifest.json`; its shards' states go
+beside it, one row each, in `runs/{run_id}/summaries.parquet` (`workers.runs.summaries`), so the
+manifest stays small whatever the number of shards.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ class RunSummary(BaseModel):
 
 
 class ShardState(BaseModel):
-    """A shard in the manifest: the attempt that counts and its summary."""
+    """A shard of a committed run: the attempt that counts and its summary (a row of summaries.parquet)."""
 
     shard_id: int
     attempt_id: str
@@ -267,7 +269,10 @@ class RunManifest(BaseModel):
         models: {"fastsam": {"name", "sha256"}, "clip": {"name", "sha256"}}; sha256 lists every hash
             that labelled rows.
         code_version: the fastsam-label version that committed it.
-        shards: every shard, with the attempt that counts.
+        summaries: key of the shards' states (runs/{run_id}/summaries.parquet, one row per shard,
+            with the attempt that counts); None in manifests written before the file, which list them
+            in `shards`.
+        shards: manifests written before `summaries`: every shard, with the attempt that counts; None since.
         summary: the run's summary at commit.
         started_at, finished_at: UTC times.
     """
@@ -279,7 +284,8 @@ class RunManifest(BaseModel):
     prompts: list[str]
     models: dict[str, dict[str, Any]]
     code_version: str
-    shards: list[ShardState]
+    summaries: str | None = None
+    shards: list[ShardState] | None = None
     summary: RunSummary
     started_at: datetime
     finished_at: datetime

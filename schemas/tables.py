@@ -139,6 +139,23 @@ INDEX_SCHEMA = _schema(
     ],
 )
 
+#: One row per shard of a committed run, in shard order: runs/{run_id}/summaries.parquet (workers.runs.summaries).
+#: The footer names the run (RUN_KEY).
+SUMMARIES_SCHEMA = _schema(
+    "summaries",
+    [
+        pa.field("shard_id", pa.int64(), nullable=False),  # 0..n-1, in order
+        pa.field("attempt_id", pa.string(), nullable=False),  # the attempt that counts (its marker's)
+        pa.field("objects", pa.int64(), nullable=False),  # images-table rows
+        pa.field("labelled", pa.int64(), nullable=False),
+        pa.field("masks", pa.int64(), nullable=False),  # masks-table rows
+        pa.field("prompts", pa.int64(), nullable=False),
+        pa.field("embeddings", pa.int64(), nullable=False),
+        pa.field("seconds", pa.float64(), nullable=False),  # wall seconds of the shard
+        pa.field("summary", pa.string(), nullable=False),  # the whole ShardSummary as JSON (what readers parse)
+    ],
+)
+
 #: Schema metadata of an embeddings table: how its vectors are stored.
 EMBEDDING_DTYPE_KEY = b"fastsam_label.embedding_dtype"
 EMBEDDING_DIM_KEY = b"fastsam_label.embedding_dim"
@@ -171,6 +188,7 @@ SCHEMAS = {
     "prompts": PROMPTS_SCHEMA,
     "shard": SHARD_SCHEMA,
     "index": INDEX_SCHEMA,
+    "summaries": SUMMARIES_SCHEMA,
 }
 
 

@@ -14,6 +14,8 @@ def main(args: argparse.Namespace) -> int:
     """Write `runs/RUN/report.html`; print its URI."""
     storage = StorageSpec(endpoint_url=args.endpoint_url)
     run = CommittedRun(open_store(args.output, storage), args.run_id)
-    images = [run.table("images", s) for s in run.manifest.shards]
-    print(report.write(run.output, run.source(storage), run.layout, run.manifest, images))
+    rows = report.ReportRows(run.states)
+    for state in run.states:  # one shard's images table at a time: only the rows the report shows are kept
+        rows.add(run.table("images", state))
+    print(report.write(run.output, run.source(storage), run.layout, run.manifest, run.states, rows))
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from pycocotools import mask as mask_utils
@@ -70,9 +71,14 @@ def test_end_to_end_on_loopback_s3(s3_endpoint, bucket, prefect_harness):
             compared += 1
     assert compared > 20
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="out/runs/e2e/manifest.json")["Body"].read())
-    assert manifest["summary"]["counts"] == summary["counts"] and len(manifest["shards"]) == 4
+    assert manifest["summary"]["counts"] == summary["counts"] and manifest["summaries"] == "runs/e2e/summaries.parquet"
     assert manifest["models"]["fastsam"]["sha256"] == [images[0]["model_sha256"]]
-    assert [s["attempt_id"] for s in manifest["shards"]] == [s["summary"]["attempt_id"] for s in manifest["shards"]]
+    body = s3.get_object(Bucket=bucket, Key="out/runs/e2e/summaries.parquet")["Body"].read()
+    states = pq.read_table(io.BytesIO(body))  # one row per shard, in order, with the attempt that counts
+    assert states["shard_id"].to_pylist() == [0, 1, 2, 3] and manifest["shards"] is None
+    assert states["attempt_id"].to_pylist() == [json.loads(t)["attempt_id"] for t in states["summary"].to_pylist()]
+    assert sum(states["objects"].to_pylist()) == summary["counts"]["objects"] == len(images)
+    assert sum(states["masks"].to_pylist()) == summary["counts"]["masks"] == len(masks)
     s3.head_object(Bucket=bucket, Key="out/runs/e2e/_SUCCESS")
     leftovers = s3.list_objects_v2(Bucket=bucket, Prefix="out/runs/e2e/_attempts/").get("Contents", [])
     assert leftovers == []  # every attempt's staged copies are gone once committed

@@ -68,14 +68,14 @@ def test_the_rows_a_streamed_commit_keeps_make_the_report_of_every_row(committed
     monkeypatch.setattr(report, "SAMPLE", 4)  # fewer than the ok images, so the sample is a choice
     monkeypatch.setattr(report, "MAX_ERRORS", 1)  # and the error table is cut
     run = CommittedRun(LocalStore(committed / "out"), "rep")
-    images = [run.table("images", state) for state in run.manifest.shards]
-    kept = report.ReportRows(run.manifest)
+    images = [run.table("images", state) for state in run.states]
+    kept = report.ReportRows(run.states)
     for t in images:
         kept.add(t)
     assert kept.table().num_rows < sum(t.num_rows for t in images)
     source = LocalStore(committed / "src")
-    whole = report.build(run.output, source, run.layout, run.manifest, images)
-    assert report.build(run.output, source, run.layout, run.manifest, [kept.table()]) == whole
+    whole = report.build(run.output, source, run.layout, run.manifest, run.states, images)
+    assert report.build(run.output, source, run.layout, run.manifest, run.states, [kept.table()]) == whole
     assert "and 1 more in the images table" in whole
 
 

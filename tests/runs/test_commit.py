@@ -14,6 +14,7 @@ from workers import runs
 from workers.labelling.labeler import Labeler
 from workers.outputs import report
 from workers.runs import attempts
+from workers.runs.committed import CommittedRun
 from workers.runs.plan import read_shard_list
 from workers.storage import LocalStore, ObjectInfo
 from workers.storage.files import read_parquet
@@ -67,12 +68,13 @@ def test_a_zombie_attempt_that_finishes_late_leaves_the_markers_attempt(planned)
     assert not [o for o in out.list(RUN.attempts_prefix) if f"/{zombie_attempt}/" in o.key]
     Labeler(job).label_shard(RUN.run_id, 1)
     manifest = _commit(job, out)
-    assert manifest.shards[0].attempt_id == winner.attempt_id
+    states = CommittedRun(out, RUN.run_id).states
+    assert states[0].attempt_id == winner.attempt_id
     assert list(out.list(RUN.attempts_prefix)) == []
     # After _SUCCESS, a late attempt (even one that races the marker) changes nothing.
     before = _snapshot(out.root / "runs/r")
     assert attempts.commit_part(out, RUN, 0, attempts.new_attempt_id(), zombie_part, t0) == winner
-    assert Labeler(job).label_shard(RUN.run_id, 1) == manifest.shards[1].summary
+    assert Labeler(job).label_shard(RUN.run_id, 1) == states[1].summary
     assert _commit(job, out) == manifest
     assert _snapshot(out.root / "runs/r") == before
     # The README's simple reading sees each object once.

@@ -4,6 +4,8 @@ import json
 import re
 import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
@@ -46,11 +48,29 @@ def _remove_masks(out: LocalStore) -> None:
     (_runs(out) / "masks/shard-00001.parquet").unlink()
 
 
+def _summaries(out: LocalStore) -> pa.Table:
+    return pq.read_table(_runs(out) / "summaries.parquet")
+
+
+def _rewrite_summaries(out: LocalStore, rows: list[int]) -> None:
+    """summaries.parquet with only these rows, in this order (footer and schema kept)."""
+    t = _summaries(out)
+    pq.write_table(t.take(rows), _runs(out) / "summaries.parquet")
+
+
 DAMAGE = {
     "swapped": (_swap_masks, r"masks/shard-00000\.parquet holds run run shard 1 attempt \w+ with \d+ rows, but the "
                 r"manifest names run run shard 0"),
     "truncated": (_truncate_images, r"images/shard-00002\.parquet is not a readable"),
     "missing": (_remove_masks, r"masks/shard-00001\.parquet is missing"),
+    "summaries cut": (lambda out: _rewrite_summaries(out, [0]),
+                      r"runs/run/summaries\.parquet holds 1 shard\(s\) of run run, but the plan has 3 of run run"),
+    "summaries reordered": (lambda out: _rewrite_summaries(out, [1, 0, 2]),
+                            r"runs/run/summaries\.parquet: row 0 is not shard 0's state \(it names shard 1\)"),
+    "summaries missing": (lambda out: (_runs(out) / "summaries.parquet").unlink(),
+                          r"runs/run/summaries\.parquet is missing"),
+    "summaries garbage": (lambda out: (_runs(out) / "summaries.parquet").write_bytes(b"garbage"),
+                          r"runs/run/summaries\.parquet is not a readable Parquet file"),
 }  # fmt: skip
 
 
@@ -102,7 +122,9 @@ def test_a_garbage_manifest_is_one_line(run_copy, capsys):
                                                                        r"the run in \['source\.uri'\]"),
         (lambda m: m["fingerprint"].update(prompts=["cat"]), r"fingerprint differs from the plan's in \['prompts'\]"),
         (lambda m: m.update(run_id="other"), r"it names run 'other', the plan 'run'"),
-        (lambda m: m.update(shards=m["shards"][:1]), r"it lists shards \[0\], the plan 0\.\.2"),
+        (lambda m: m.update(summaries="runs/other/summaries.parquet"), r"manifest\.json names "
+                                                                     r"'runs/other/summaries\.parquet', not "
+                                                                     r"'runs/run/summaries\.parquet'"),
     ],
 )  # fmt: skip
 def test_a_manifest_edited_to_point_elsewhere_is_refused(run_copy, edit, message):
@@ -122,3 +144,38 @@ def test_an_intact_run_reads_and_verifies(run_copy, capsys):
     assert main(["status", "run", "--output", run_copy.uri]) == 0
     assert json.loads(capsys.readouterr().out)["state"] == "committed"
     assert RunLayout("run").manifest == "runs/run/manifest.json"
+
+
+def _as_legacy(out: LocalStore) -> dict:
+    """The run as committed before summaries.parquet: its shards' states inline in manifest.json."""
+    path = _runs(out) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    t = _summaries(out)
+    manifest["shards"] = [
+        {"shard_id": sid, "attempt_id": attempt, "summary": json.loads(text)}
+        for sid, attempt, text in zip(*(t[c].to_pylist() for c in ("shard_id", "attempt_id", "summary")), strict=True)
+    ]
+    del manifest["summaries"]
+    path.write_text(json.dumps(manifest))
+    (_runs(out) / "summaries.parquet").unlink()
+    return manifest
+
+
+def test_a_run_committed_before_summaries_parquet_reads_from_its_manifest(run_copy, pristine, tmp_path):
+    now = CommittedRun(pristine, "run")
+    expected = [(r.shard_id, r.images, r.masks) for r in now.shards()]
+    _as_legacy(run_copy)
+    old = CommittedRun(run_copy, "run")
+    old.verify()
+    assert list(old.states) == list(now.states) and old.states[2] == now.states[2]
+    assert [(r.shard_id, r.images, r.masks) for r in old.shards()] == expected
+    assert main(["export", "run", "--output", run_copy.uri, "--to", "coco", "--dest", str(tmp_path / "coco")]) == 0
+    assert main(["report", "run", "--output", run_copy.uri]) == 0
+
+
+def test_a_legacy_manifest_that_lists_other_shards_is_refused(run_copy):
+    manifest = _as_legacy(run_copy)
+    manifest["shards"] = manifest["shards"][:1]
+    (_runs(run_copy) / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunDamagedError, match=r"does not match the run's plan: it lists shards \[0\], the plan 0\.\.2"):
+        CommittedRun(run_copy, "run")

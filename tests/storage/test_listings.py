@@ -103,7 +103,7 @@ def test_a_manifest_run_is_labelled_then_skipped_as_unchanged(tmp_path):
     assert plan_for(job, "again", incremental=True).skipped == 2  # the index matches manifest objects by URI
     run = CommittedRun(LocalStore(tmp_path / "out"), "first")  # what exports, reprompt and the tables read
     run.verify()
-    assert sorted(run.table("images", s)["key"].to_pylist()[0] for s in run.manifest.shards) == ["0.jpg"]
+    assert sorted(run.table("images", s)["key"].to_pylist()[0] for s in run.states) == ["0.jpg"]
 
 
 def _inventory(s3, bucket: str, fmt: str) -> str:

@@ -249,9 +249,9 @@ class Reprompter:
     def part(self, shard_id: int) -> ShardPart:
         """One shard's tables, from the parent's shard and the stored run's embeddings."""
         t0 = time.perf_counter()
-        state = self.parent.manifest.shards[shard_id]
+        state = self.parent.states[shard_id]
         run_id = self.layout.run_id
-        embeddings = self.stored.table("embeddings", self.stored.manifest.shards[shard_id])
+        embeddings = self.stored.table("embeddings", self.stored.states[shard_id])
         masks = rescore(self.parent.table("masks", state), embeddings, self.text, self.job.selection, run_id)
         images = _renamed(self.parent.table("images", state), run_id)
         for name in _TIMINGS:

@@ -26,11 +26,12 @@ from pycocotools import mask as mask_utils
 from schemas.errors import ImageError, StoreError, UnsafeKeyError
 from schemas.job import StorageSpec
 from schemas.layout import RunLayout
-from schemas.manifest import RunManifest
+from schemas.manifest import RunManifest, ShardState
 from schemas.stats import AREA_STEP, MaskStats
 from schemas.tables import IMAGES_SCHEMA, ImageStatus
 from workers.labelling.decode import decode_image
 from workers.runs.committed import read_shard_table
+from workers.runs.summaries import ShardStates
 from workers.storage import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,10 @@ def _label_bars(labels: dict[str, int], prompts: list[str]) -> str:
     return f'<figure class="chart"><figcaption>Masks per label</figcaption><table>{body}</table></figure>'
 
 
-def run_stats(manifest: RunManifest) -> MaskStats:
+def run_stats(states: Iterable[ShardState]) -> MaskStats:
     """The run's mask statistics: its shards' summaries' merged."""
     stats = MaskStats()
-    for state in manifest.shards:
+    for state in states:
         stats = stats.merged(state.summary.mask_stats)
     return stats
 
@@ -144,7 +145,13 @@ def _rows_by_id(images: Iterable[pa.Table], ids: set[str]) -> dict[str, dict]:
 
 
 def build(
-    output: ObjectStore, source: ObjectStore, layout: RunLayout, manifest: RunManifest, images: list[pa.Table]
+    output: ObjectStore,
+    source: ObjectStore,
+    layout: RunLayout,
+    manifest: RunManifest,
+    states: ShardStates,
+    images: list[pa.Table],
+    stats: MaskStats | None = None,
 ) -> str:
     """The report's HTML.
 
@@ -153,10 +160,12 @@ def build(
         source: the job's source store (the shown images are read and decoded).
         layout: the run.
         manifest: the run's manifest.
+        states: its shards' states (workers.runs.summaries).
         images: the run's images tables, one per shard, or the rows a streamed commit kept (`ReportRows`).
+        stats: `run_stats(states)`, when the caller has it already.
     """
     s = manifest.summary
-    stats = run_stats(manifest)
+    stats = stats if stats is not None else run_stats(states)
     prompts = manifest.positive_prompts
     ok = [t.filter(pc.equal(t["status"], ImageStatus.OK.value)) for t in images]
     okcat = pa.concat_tables(ok) if ok else None
@@ -170,7 +179,6 @@ def build(
     limits = manifest.job.get("limits", {})
     max_pixels, max_bytes = int(limits.get("max_pixels", 100_000_000)), limits.get("max_bytes")
     masks_of: dict[int, pa.Table] = {}
-    shard_of = {state.shard_id: state for state in manifest.shards}
 
     def figure(image_id: str, caption: str) -> str:
         r = rows.get(image_id)
@@ -178,7 +186,7 @@ def build(
             return ""
         if r["shard_id"] not in masks_of:
             sid = r["shard_id"]
-            state = shard_of[sid]
+            state = states[sid]
             masks_of[sid] = read_shard_table(output, layout, "masks", sid, state.attempt_id, state.summary.masks)
         t = masks_of[r["shard_id"]]
         mine = t.filter(pc.equal(t["image_id"], image_id)).to_pylist()
@@ -248,10 +256,16 @@ def build(
 
 
 def write(
-    output: ObjectStore, source: ObjectStore, layout: RunLayout, manifest: RunManifest, images: list[pa.Table]
+    output: ObjectStore,
+    source: ObjectStore,
+    layout: RunLayout,
+    manifest: RunManifest,
+    states: ShardStates,
+    rows: ReportRows,
 ) -> str:
-    """Write `runs/{run_id}/report.html`; its URI."""
-    output.put(layout.report, build(output, source, layout, manifest, images).encode())
+    """Write `runs/{run_id}/report.html` from the rows `rows` kept; its URI."""
+    html_page = build(output, source, layout, manifest, states, [rows.table()], rows.stats)
+    output.put(layout.report, html_page.encode())
     return output.uri_of(layout.report)
 
 
@@ -259,12 +273,15 @@ class ReportRows:
     """The few images rows a report shows, kept while the images tables stream past (bounded memory).
 
     The sample (the SAMPLE ok images of least image id), the images of the lowest-stability masks
-    and of each label's example (known from the manifest's shard summaries), and the first
-    MAX_ERRORS errored rows in shard order: what `build` shows from all the tables.
+    and of each label's example (known from the shards' summaries), and the first MAX_ERRORS
+    errored rows in shard order: what `build` shows from all the tables.
+
+    Args:
+        states: the run's shards' states (their mask statistics are merged once, into `stats`).
     """
 
-    def __init__(self, manifest: RunManifest):
-        stats = run_stats(manifest)
+    def __init__(self, states: Iterable[ShardState]):
+        self.stats = stats = run_stats(states)
         wanted = {i for i, _ in stats.lowest_stability[:LOWEST]} | {i for i, _ in stats.label_examples.values()}
         self._wanted = pa.array(sorted(wanted), pa.string())
         self._sample: pa.Table | None = None
@@ -299,9 +316,9 @@ class ReportRows:
 class CommitReport:
     """The commit's report hook (workers.runs.commit.ReportHook): rows kept as they stream, then `write`."""
 
-    def __init__(self, output: ObjectStore, layout: RunLayout, manifest: RunManifest):
-        self.output, self.layout, self.manifest = output, layout, manifest
-        self.rows = ReportRows(manifest)
+    def __init__(self, output: ObjectStore, layout: RunLayout, manifest: RunManifest, states: ShardStates):
+        self.output, self.layout, self.manifest, self.states = output, layout, manifest, states
+        self.rows = ReportRows(states)
 
     def add(self, images: pa.Table) -> None:
         """See `ReportRows.add`."""
@@ -315,13 +332,13 @@ class CommitReport:
         m = self.manifest
         try:
             source = open_store(m.job["source"]["uri"], StorageSpec(**(m.job.get("storage") or {})))
-            return write(self.output, source, self.layout, m, [self.rows.table()])
+            return write(self.output, source, self.layout, m, self.states, self.rows)
         except Exception as e:
             log.warning("run %s: no report: %s: %s", self.layout.run_id, type(e).__name__, e)
             return None
 
 
-#: What a commit is given to write the report: (output, layout, manifest) -> CommitReport.
+#: What a commit is given to write the report: (output, layout, manifest, states) -> CommitReport.
 at_commit = CommitReport
 
 

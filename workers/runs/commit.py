@@ -8,9 +8,11 @@ the outputs it feeds.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -22,6 +24,7 @@ from schemas.layout import RunLayout, parse_shard
 from schemas.manifest import Plan, RunManifest, RunState, RunSummary, ShardMarker, ShardState, ShardSummary
 from workers.runs import attempts, index
 from workers.runs.plan import load_plan
+from workers.runs.summaries import ShardStates, SummariesWriter
 from workers.storage import ObjectStore
 from workers.storage.files import load_document, read_parquet
 
@@ -43,8 +46,8 @@ class ReportWriter(Protocol):
         ...
 
 
-#: What a commit may write besides the tables: (output, layout, manifest) -> a ReportWriter.
-ReportHook = Callable[[ObjectStore, RunLayout, RunManifest], ReportWriter]
+#: What a commit may write besides the tables: (output, layout, manifest, the shards' states) -> a ReportWriter.
+ReportHook = Callable[[ObjectStore, RunLayout, RunManifest, ShardStates], ReportWriter]
 
 
 def done_shard_ids(output: ObjectStore, layout: RunLayout) -> set[int]:
@@ -100,9 +103,10 @@ def commit_run(
     started_at: datetime,
     report: ReportHook | None = None,
 ) -> RunManifest:
-    """Settle every shard, write the manifest, `report` (if given), index the run, write _SUCCESS.
+    """Settle every shard, write its states, the manifest, `report` (if given), index the run, write _SUCCESS.
 
-    A committed run is left as it is.
+    Markers, shard states and images tables stream through a window of shards at a time, so the
+    commit's memory does not grow with the run. A committed run is left as it is.
 
     Raises:
         RunIncompleteError: naming the shards that are not done.
@@ -119,20 +123,24 @@ def commit_run(
     missing = [i for i in range(plan.shards) if i not in done]
     if missing:
         raise RunIncompleteError(f"run {layout.run_id} cannot be committed: shards {missing[:20]} are not done")
-    ids = list(range(plan.shards))
-    states: list[ShardState] = []
-    with ThreadPoolExecutor(_IO_THREADS) as pool:
-        for window in _windows(ids):  # markers a window at a time: read, settle, keep their states
-            markers = list(pool.map(lambda i: attempts.read_marker(output, layout, i), window))
-            if any(m is None for m in markers):
-                gone = [i for i, m in zip(window, markers, strict=True) if m is None]
-                raise RunIncompleteError(f"run {layout.run_id}: the markers of shards {gone[:20]} vanished")
-            list(pool.map(lambda m: attempts.settle(output, layout, m), markers))
-            states += [ShardState(shard_id=m.summary.shard_id, attempt_id=m.attempt_id, summary=m.summary)
-                       for m in markers]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="fastsam-commit-") as tmp, ThreadPoolExecutor(_IO_THREADS) as pool:
+        states = SummariesWriter(layout.run_id, Path(tmp))
+
+        def settled() -> Iterator[ShardSummary]:  # markers a window at a time: read, settle, write their states
+            for window in _windows(list(range(plan.shards))):
+                markers = list(pool.map(lambda i: attempts.read_marker(output, layout, i), window))
+                if any(m is None for m in markers):
+                    gone = [i for i, m in zip(window, markers, strict=True) if m is None]
+                    raise RunIncompleteError(f"run {layout.run_id}: the markers of shards {gone[:20]} vanished")
+                list(pool.map(lambda m: attempts.settle(output, layout, m), markers))
+                for m in markers:
+                    states.add(ShardState(shard_id=m.summary.shard_id, attempt_id=m.attempt_id, summary=m.summary))
+                    yield m.summary
+
+        summary = summary_of(output, layout, plan, settled(), "committed")
+        local = ShardStates.local(states.close(), states.count, output.uri_of(layout.summaries))
         for obj in list(output.list(layout.attempts_prefix)):  # every attempt's copies, winners' included
             output.delete(obj.key)
-        summary = summary_of(output, layout, plan, (st.summary for st in states), "committed")
         manifest = RunManifest(
             run_id=layout.run_id,
             job=json.loads(job.model_dump_json()),
@@ -146,22 +154,23 @@ def commit_run(
                 "clip": {"name": job.clip.arch if job.prompts else None, "sha256": summary.models.get("clip", [])},
             },
             code_version=code_version,
-            shards=states,
+            summaries=layout.summaries,
             summary=summary,
             started_at=started_at,
             finished_at=datetime.now(UTC),
         )
-        writer = report(output, layout, manifest) if report is not None else None
+        writer = report(output, layout, manifest, local) if report is not None else None
         part = index.PartWriter(output, layout.run_id, labelling_id(plan.fingerprint))
-        for window in _windows(states):  # images tables a window at a time: the index part and the report's rows
-            images = (layout.table("images", st.shard_id) for st in window)
+        for window in _windows(list(range(plan.shards))):  # images tables a window at a time: index and report
+            images = (layout.table("images", i) for i in window)
             for table in pool.map(lambda key: read_parquet(output, key, "images"), images):
                 part.add(table)
                 if writer is not None:
                     writer.add(table)
-    output.put(layout.manifest, manifest.model_dump_json(indent=2).encode())
-    if writer is not None:
-        writer.write()
+        output.put_file(layout.summaries, states.path)
+        output.put(layout.manifest, manifest.model_dump_json(indent=2).encode())
+        if writer is not None:
+            writer.write()
     part.close()
     output.put(layout.success, b"")
     return manifest

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 import workers.runs as runs
 from schemas.errors import (
+    DAMAGED_FIX,
     JobError,
     ObjectNotFoundError,
     RunDamagedError,
@@ -32,11 +33,9 @@ from schemas.job_file import parse_job
 from schemas.layout import RunLayout
 from schemas.manifest import Plan, RunManifest, ShardState
 from schemas.tables import ATTEMPT_KEY, RUN_KEY, SHARD_KEY, ImageStatus
+from workers.runs.summaries import ShardStates
 from workers.storage import ObjectStore, open_store
 from workers.storage.files import footer, read_parquet
-
-#: What to do about a damaged run, for RunDamagedError messages.
-DAMAGED_FIX = "the run's files changed after it was committed; restore them, or label again under a new run id"
 
 
 def check_footer(
@@ -155,8 +154,11 @@ class CommittedRun:
                 f"run {run_id} is not committed ({done} of {plan.shards} shards done); finish it with "
                 f"`fastsam-label run JOB --run-id {run_id}` (the job that planned it), then export"
             )
-        check_manifest(manifest, runs.load_plan(output, self.layout), output.uri_of(self.layout.manifest))
+        plan = runs.load_plan(output, self.layout)
+        check_manifest(manifest, plan, output.uri_of(self.layout.manifest))
         self.manifest: RunManifest = manifest
+        #: The shards' states, in shard order (read a row group at a time).
+        self.states = ShardStates.for_run(output, self.layout, manifest, plan.shards)
 
     def source(self, storage: StorageSpec | None = None) -> ObjectStore:
         """The store the run read its images from, with the run's storage settings (`storage`'s endpoint wins)."""
@@ -183,7 +185,7 @@ class CommittedRun:
         Raises:
             RunDamagedError: naming the first file that fails.
         """
-        for state in self.manifest.shards:
+        for state in self.states:
             for name in self.tables:
                 key = self.layout.table(name, state.shard_id)
                 where = self.output.uri_of(key)
@@ -216,7 +218,7 @@ class CommittedRun:
         """
         keep = masks or MaskFilter()
         left = keep.limit
-        for state in self.manifest.shards:
+        for state in self.states:
             if left is not None and left <= 0:
                 return
             images = self.table("images", state)
@@ -240,8 +242,8 @@ def check_manifest(manifest: RunManifest, plan: Plan | None, where: str) -> None
     """Refuse a manifest that is not the committed state of the run its plan describes.
 
     The plan is created once, exclusively, by the job that planned the run; the manifest must name
-    that run, carry the plan's fingerprint, hold a job with that fingerprint (so its source, prompts
-    and model are the run's), and list exactly the planned shards.
+    that run, carry the plan's fingerprint and hold a job with that fingerprint (so its source, prompts
+    and model are the run's). That its shards are the planned ones is `ShardStates.for_run`'s check.
 
     Raises:
         RunDamagedError: naming the first thing that disagrees.
@@ -269,8 +271,5 @@ def check_manifest(manifest: RunManifest, plan: Plan | None, where: str) -> None
             differ = differences(fp, own)
             if differ:
                 problems.append(f"its job differs from the one that planned the run in {differ[:4]}")
-    ids = [s.shard_id for s in manifest.shards]
-    if ids != list(range(plan.shards)):
-        problems.append(f"it lists shards {ids[:5]}{'...' if len(ids) > 5 else ''}, the plan 0..{plan.shards - 1}")
     if problems:
         raise RunDamagedError(f"{where} does not match the run's plan: {problems[0]}: {fix}")

@@ -116,7 +116,7 @@ def _legacy(output: ObjectStore, exclude: str | None = None) -> pa.Table:
             continue
         run = CommittedRun(output, run_id)
         lid = labelling_id(run.manifest.fingerprint)
-        tables += [rows_of(run.table("images", state), run_id, lid) for state in run.manifest.shards]
+        tables += [rows_of(run.table("images", state), run_id, lid) for state in run.states]
     return pa.concat_tables(tables)
 
 

@@ -105,7 +105,7 @@ def _rows_of(run: CommittedRun, name: str) -> pa.RecordBatchReader:
 
     labelling = labelling_id(run.manifest.fingerprint)
     at = run.manifest.finished_at
-    tables = (run.table(name, state) for state in run.manifest.shards)
+    tables = (run.table(name, state) for state in run.states)
     first = next(tables, None)
     schema = delta_schema(first.schema if first is not None else IMAGES_SCHEMA)
 
@@ -159,7 +159,7 @@ def publish_run(output: ObjectStore, run_id: str) -> dict[str, int]:
     run = CommittedRun(output, run_id)
     appended: dict[str, int] = {}
     for name in DELTA_TABLES:
-        if name not in run.tables or (name != "images" and not run.manifest.shards):
+        if name not in run.tables or (name != "images" and len(run.states) == 0):
             continue  # (an empty run still gets its images transaction: it is published)
         appended[name] = _append(output, run, name)
     log.info("tables: run %s appended (%s)", run_id, appended)
@@ -192,7 +192,7 @@ def _append(output: ObjectStore, run: CommittedRun, name: str) -> int:
                 storage_options=options,
                 commit_properties=commit,
             )
-            return sum(table_rows(state, name) for state in run.manifest.shards)
+            return sum(table_rows(state, name) for state in run.states)
         except CommitFailedError as e:  # another writer committed first: look again
             last: Exception = e
             time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))
