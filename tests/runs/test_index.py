@@ -4,6 +4,7 @@ import pyarrow as pa
 import pytest
 
 from schemas import RunLayout
+from schemas.errors import TableError
 from schemas.tables import IMAGES_SCHEMA, INDEX_SCHEMA
 from workers.runs import index
 from workers.storage import LocalStore
@@ -140,3 +141,75 @@ def test_empty_runs_index_nothing(tmp_path, n):
     out = LocalStore(tmp_path)
     _commit(out, "empty", [("s3://b/a.jpg", "e", "read_error")] * n)
     assert index.load(out).num_rows == 0
+
+
+def _random_index(rng, n: int, run: str) -> pa.Table:
+    uris = [f"s3://b/{rng.integers(0, 10**6):07d}/{'é' if i % 5 == 0 else 'x'}{i}.jpg" for i in range(n)]
+    return pa.table({"uri": uris, "etag": [f"e{i % 7}" for i in range(n)], "run_id": [run] * n,
+                     "labelling": [f"L{i % 2}" for i in range(n)]}, schema=INDEX_SCHEMA)  # fmt: skip
+
+
+def test_index_files_are_sorted_out_of_core_and_read_by_range_exactly(tmp_path, monkeypatch):
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from workers.runs import index_files
+
+    monkeypatch.setattr(index_files, "ROW_GROUP", 64)  # many row groups per file
+    rng = np.random.default_rng(7)
+    tables = [_random_index(rng, n, f"r{k}") for k, n in enumerate([1000, 333, 0, 1])]
+    paths = []
+    for k, t in enumerate(tables):
+        raw = tmp_path / f"raw{k}.parquet"
+        pq.write_table(t, raw)
+        paths.append(tmp_path / f"sorted{k}.parquet")
+        assert index_files.write_sorted([raw], paths[-1], tmp_path) == t.num_rows
+        assert index_files.is_sorted(paths[-1]) and not index_files.is_sorted(raw)
+        back = pq.read_table(paths[-1])
+        assert back["uri"].to_pylist() == sorted(t["uri"].to_pylist())
+        assert sorted(back.to_pylist(), key=str) == sorted(t.to_pylist(), key=str)
+    assert pq.ParquetFile(paths[0]).metadata.num_row_groups == 16
+    whole = pa.concat_tables(tables)
+    everything = sorted(whole["uri"].to_pylist())
+
+    def expected(lo: str, hi: str) -> list:
+        inside = pc.and_(pc.greater_equal(whole["uri"], lo), pc.less_equal(whole["uri"], hi))
+        return sorted(whole.filter(inside).to_pylist(), key=str)
+
+    reader = index_files.RangeReader(paths)
+    forward = [everything[i : i + 97] for i in range(0, len(everything), 97)]  # a planner's chunks, in order
+    jumps = [everything[j : j + 40] for j in rng.integers(0, len(everything), 30)]  # and going back
+    for chunk in forward + jumps + [["s3://a"], ["s3://z"], [everything[5], everything[-5]]]:
+        got = reader.between(pa.array(chunk))
+        assert sorted(got.to_pylist(), key=str) == expected(min(chunk), max(chunk)), chunk[:2]
+    assert reader.between(pa.array([], pa.string())).num_rows == 0
+
+
+def test_parts_are_written_sorted_and_unsorted_files_of_before_still_read(tmp_path):
+    from workers.runs import index_files
+
+    (tmp_path / "copy").mkdir()
+    out = LocalStore(tmp_path / "out")
+    rows = [(f"s3://b/{c}.jpg", "e", "ok") for c in "qbzam"]
+    _commit(out, "new", rows)
+    part = read_parquet(out, "index/part-new.parquet", "index")
+    assert part["uri"].to_pylist() == sorted(u for u, _, _ in rows)
+    assert part.schema.metadata[index_files.SORTED_KEY] == b"uri"
+    unsorted = pa.table({"uri": ["s3://b/y.jpg", "s3://b/c.jpg"], "etag": ["1", "2"], "run_id": ["old", "old"],
+                         "labelling": ["L1", "L1"]}, schema=INDEX_SCHEMA)  # fmt: skip
+    out.put("index/part-old.parquet", parquet_bytes(unsorted))  # as commits wrote parts before they were sorted
+    out.put(RunLayout("old").success, b"")
+    everything = sorted([u for u, _, _ in rows] + ["s3://b/y.jpg", "s3://b/c.jpg"])
+    assert sorted(index.load(out)["uri"].to_pylist()) == everything
+    reader = index_files.RangeReader(index.local_copy(out, tmp_path / "copy"))
+    got = reader.between(pa.array(["s3://b/b.jpg", "s3://b/d.jpg"]))
+    assert sorted(got["uri"].to_pylist()) == ["s3://b/b.jpg", "s3://b/c.jpg"]
+
+
+def test_an_index_file_that_is_not_an_index_is_one_line(tmp_path):
+    out = LocalStore(tmp_path)
+    _commit(out, "r", [("s3://b/a.jpg", "e", "ok")])
+    out.put("index/part-r.parquet", b"garbage")
+    with pytest.raises(TableError, match=r"index/part-r\.parquet is not a readable index table"):
+        index.load(out)

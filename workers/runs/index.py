@@ -6,8 +6,13 @@
 A part counts only once its run's `_SUCCESS` exists (a commit that died between the two did not
 happen). When a commit finds more than `COMPACT_AT` files, it merges the ones that count into one
 base and deletes them; a planner reading at the same time may see both copies (harmless) or find a
-file gone (it lists again). Planning an incremental run reads this one small dataset, not the
-images tables of every earlier run.
+file gone (it lists again). Planning an incremental run reads this one dataset, not the images
+tables of every earlier run.
+
+Every file is sorted by URI (`workers.runs.index_files`): parts are sorted and bases merged out of
+core by DuckDB, and a planner downloads the files (`local_copy`) and reads only the row groups of
+each chunk's URI range (`index_files.RangeReader`), so neither a commit nor a planner holds the
+index in memory, however many objects it names.
 
 Each row carries the *labelling fingerprint* of the run that labelled the object
 (`schemas.fingerprint.labelling_id`: model, CLIP, prompts, selection). `classify` sorts a listing
@@ -22,6 +27,7 @@ try (`ImageStatus.retry_later`) are not indexed.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -30,13 +36,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.errors import ObjectNotFoundError, StoreUnavailableError
+from schemas.errors import ObjectNotFoundError, SchemaVersionError, StoreUnavailableError, TableError
 from schemas.fingerprint import labelling_id
 from schemas.layout import INDEX, RUNS, RunLayout, index_base_key, index_part_key, parse_index_key, run_of
 from schemas.manifest import Plan
-from schemas.tables import INDEX_SCHEMA, ImageStatus
+from schemas.tables import INDEX_SCHEMA, ImageStatus, check_table
+from workers.runs import index_files
 from workers.storage import ObjectStore
-from workers.storage.files import load_document, parquet_bytes, read_parquet
+from workers.storage.files import load_document
 
 log = logging.getLogger(__name__)
 
@@ -103,34 +110,90 @@ def committed_runs(output: ObjectStore) -> list[str]:
     return sorted({run_of(o.key) for o in output.list(RUNS) if o.key.endswith("/_SUCCESS")} - {None})
 
 
-def _legacy(output: ObjectStore, exclude: str | None = None) -> pa.Table:
-    """Index rows rebuilt from the images tables of committed runs (outputs written before the index).
+def _write_legacy(output: ObjectStore, dest: Path, exclude: str | None = None) -> int:
+    """Index rows rebuilt from the images tables of committed runs (outputs written before the index), into `dest`.
 
-    Only the files each run's manifest names are read, each checked against it (workers.runs.committed).
+    Only the files each run's manifest names are read, each checked against it (workers.runs.committed),
+    one images table at a time. Returns the rows written (unsorted).
     """
     from workers.runs.committed import CommittedRun  # it reads runs through workers.runs, which uses this module
 
-    tables = [_EMPTY]
-    for run_id in committed_runs(output):
-        if run_id == exclude:
+    rows = 0
+    with pq.ParquetWriter(dest, INDEX_SCHEMA, compression="zstd") as writer:
+        for run_id in committed_runs(output):
+            if run_id == exclude:
+                continue
+            run = CommittedRun(output, run_id)
+            lid = labelling_id(run.manifest.fingerprint)
+            for state in run.states:
+                t = rows_of(run.table("images", state), run_id, lid)
+                writer.write_table(t)
+                rows += t.num_rows
+    return rows
+
+
+def _normalised(output: ObjectStore, key: str, path: Path, folder: Path) -> Path:
+    """A downloaded index file as `write_sorted` writes it: checked, with the labelling column, sorted by URI.
+
+    Raises:
+        TableError: it is not a readable index file.
+    """
+    try:
+        schema = pq.read_schema(path)
+        check_table(schema, "index")
+        if "labelling" in schema.names and index_files.is_sorted(path):
+            return path
+        if "labelling" not in schema.names:  # written before the column: filled from the runs' plans
+            pq.write_table(_complete(output, pq.read_table(path)), path, compression="zstd")
+    except (pa.ArrowException, OSError, SchemaVersionError) as e:
+        raise TableError(f"{output.uri_of(key)} is not a readable index table ({e})") from None
+    out = path.with_name(path.stem + "-sorted.parquet")
+    index_files.write_sorted([path], out, _spill(folder))
+    path.unlink()
+    return out
+
+
+def _spill(folder: Path) -> Path:
+    spill = folder / "spill"
+    spill.mkdir(exist_ok=True)
+    return spill
+
+
+def local_copy(output: ObjectStore, folder: Path) -> list[Path]:
+    """The index files that count under `output`, downloaded into `folder`, each sorted by URI (`index_files`).
+
+    An output with committed runs but no index files gets one file rebuilt from their images tables.
+    Streamed to disk: memory does not grow with the index.
+    """
+    for attempt in range(3):
+        here = folder / f"copy-{attempt}"
+        here.mkdir()
+        keys = _counted(output)
+        if not keys:
+            rebuilt = here / "legacy.parquet"
+            if not _write_legacy(output, rebuilt):
+                return []
+            return [_normalised(output, "(rebuilt from committed runs)", rebuilt, here)]
+        paths = []
+        try:
+            for i, key in enumerate(keys):
+                paths.append(here / f"{i}.parquet")
+                output.download(key, paths[-1])
+        except ObjectNotFoundError:  # compacted away while we read: list again
+            shutil.rmtree(here, ignore_errors=True)
             continue
-        run = CommittedRun(output, run_id)
-        lid = labelling_id(run.manifest.fingerprint)
-        tables += [rows_of(run.table("images", state), run_id, lid) for state in run.states]
-    return pa.concat_tables(tables)
+        return [_normalised(output, key, path, here) for key, path in zip(keys, paths, strict=True)]
+    raise StoreUnavailableError(f"the index under {output.uri_of(INDEX)} kept changing while it was read; try again")
 
 
 def load(output: ObjectStore) -> pa.Table:
-    """Every (uri, etag, run_id, labelling) the committed runs under `output` labelled (duplicates possible)."""
-    for _ in range(3):
-        keys = _counted(output)
-        if not keys:
-            return _legacy(output)
-        try:
-            return pa.concat_tables([_EMPTY, *(_complete(output, read_parquet(output, k, "index")) for k in keys)])
-        except ObjectNotFoundError:  # compacted away while we read: list again
-            continue
-    raise StoreUnavailableError(f"the index under {output.uri_of(INDEX)} kept changing while it was read; try again")
+    """Every (uri, etag, run_id, labelling) the committed runs under `output` labelled (duplicates possible).
+
+    All of it in memory: for tools and tests. A planner reads the index by range (`index_files.RangeReader`).
+    """
+    with tempfile.TemporaryDirectory(prefix="fastsam-index-") as tmp:
+        files = local_copy(output, Path(tmp))
+        return pa.concat_tables([_EMPTY, *(pq.read_table(p).cast(INDEX_SCHEMA) for p in files)])
 
 
 def uris(source: ObjectStore, keys: pa.ChunkedArray | pa.Array, chunk: int = 100_000) -> pa.ChunkedArray:
@@ -185,37 +248,6 @@ def classify(listing: pa.Table, index: pa.Table, labelling: str | None) -> pa.Ch
     return pa.chunked_array([pa.array(kind, pa.int8())])
 
 
-class SortedIndex:
-    """The index rows sorted by URI, to look up the rows of a range of URIs in O(log n) (a planner's chunk).
-
-    Args:
-        rows: `load`'s rows.
-    """
-
-    def __init__(self, rows: pa.Table):
-        self.rows = rows.sort_by("uri") if rows.num_rows else rows
-        self._uris = self.rows["uri"].combine_chunks() if rows.num_rows else pa.array([], pa.string())
-
-    def _bound(self, uri: str, right: bool) -> int:
-        lo, hi = 0, len(self._uris)
-        while lo < hi:  # the first row whose URI is > uri (right) or >= uri (left)
-            mid = (lo + hi) // 2
-            v = self._uris[mid].as_py()
-            if v < uri or (right and v == uri):
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo
-
-    def between(self, uris: pa.ChunkedArray | pa.Array) -> pa.Table:
-        """The rows whose URI lies between the least and the greatest of `uris` (a superset of their rows)."""
-        if len(uris) == 0 or self.rows.num_rows == 0:
-            return self.rows.slice(0, 0)
-        bounds = pc.min_max(uris).as_py()
-        start = self._bound(bounds["min"], right=False)
-        return self.rows.slice(start, self._bound(bounds["max"], right=True) - start)
-
-
 def labelled_by(index: pa.Table, listing: pa.Table, labelling: str) -> list[str]:
     """Runs that labelled the listed objects under another labelling fingerprint: the latest run of each fingerprint."""
     if listing.num_rows == 0:
@@ -251,17 +283,20 @@ class PartWriter:
         self._writer.write_table(rows_of(images, self.run_id, self.labelling))
 
     def close(self) -> None:
-        """Put the part (and a legacy base first, if needed); compact when files have gathered."""
+        """Put the part, sorted by URI (and a legacy base first, if needed); compact when files have gathered."""
         self._writer.close()
+        folder = Path(self._dir.name)
         try:
             before = _counted(self.output)
             if not before:
-                legacy = _legacy(self.output, exclude=self.run_id)
-                if legacy.num_rows:
-                    self.output.put(index_base_key(self.run_id), parquet_bytes(legacy))
-                    log.info("index: %d objects of earlier runs indexed under %s", legacy.num_rows,
-                             self.output.uri_of(INDEX))  # fmt: skip
-            self.output.put_file(index_part_key(self.run_id), self._path)
+                rebuilt = folder / "legacy.parquet"
+                rows = _write_legacy(self.output, rebuilt, exclude=self.run_id)
+                if rows:
+                    index_files.write_sorted([rebuilt], folder / "base.parquet", _spill(folder))
+                    self.output.put_file(index_base_key(self.run_id), folder / "base.parquet")
+                    log.info("index: %d objects of earlier runs indexed under %s", rows, self.output.uri_of(INDEX))
+            index_files.write_sorted([self._path], folder / "sorted.parquet", _spill(folder))
+            self.output.put_file(index_part_key(self.run_id), folder / "sorted.parquet")
             if len(before) >= COMPACT_AT:
                 compact(self.output, self.run_id, before)
         finally:
@@ -277,14 +312,22 @@ def add_run(output: ObjectStore, run_id: str, images: list[pa.Table], labelling:
 
 
 def compact(output: ObjectStore, run_id: str, keys: list[str]) -> None:
-    """Merge counted index files into `index/base-{run_id}.parquet`, then delete them."""
-    try:
-        merged = pa.concat_tables([_EMPTY, *(_complete(output, read_parquet(output, k, "index")) for k in keys)])
-    except ObjectNotFoundError:  # another commit compacted them first
-        return
-    merged = merged.group_by(["uri", "etag", "labelling"]).aggregate([("run_id", "max")])  # one row per key
-    merged = merged.select(["uri", "etag", "run_id_max", "labelling"]).rename_columns(INDEX_SCHEMA.names)
-    output.put(index_base_key(run_id), parquet_bytes(merged.cast(INDEX_SCHEMA)))
+    """Merge counted index files into `index/base-{run_id}.parquet` (one row per uri, etag and labelling), delete them.
+
+    Merged out of core from local copies (`index_files.write_sorted`): memory does not grow with the index.
+    """
+    with tempfile.TemporaryDirectory(prefix="fastsam-compact-") as tmp:
+        folder = Path(tmp)
+        paths = []
+        try:
+            for i, key in enumerate(keys):
+                paths.append(folder / f"{i}.parquet")
+                output.download(key, paths[-1])
+        except ObjectNotFoundError:  # another commit compacted them first
+            return
+        files = [_normalised(output, key, path, folder) for key, path in zip(keys, paths, strict=True)]
+        index_files.write_sorted(files, folder / "base.parquet", _spill(folder), merge=True)
+        output.put_file(index_base_key(run_id), folder / "base.parquet")
     for key in keys:
         if key != index_base_key(run_id):
             output.delete(key)

@@ -13,7 +13,9 @@ after its last key (S3 StartAfter). Lists past the prefix (written out of order 
 writes) were never handed out and are written again. Shard boundaries depend only on the listing,
 so a resumed plan cuts the same shards as an uninterrupted one.
 
-Incremental runs classify each chunk against the index (`workers.runs.index.classify`).
+Incremental runs classify each chunk against the index rows of its URI range
+(`workers.runs.index.classify`), read from a local copy of the index (`index_files.RangeReader`):
+memory does not grow with the index either.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import collections
 import contextlib
 import logging
 import queue
+import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +41,7 @@ from schemas.job import IncrementalMode, Job, SourceSpec, StorageSpec, increment
 from schemas.layout import RunLayout, parse_shard
 from schemas.manifest import ListErrors, Plan, Planning, PlanProgress
 from schemas.tables import SHARD_SCHEMA
-from workers.runs import index
+from workers.runs import index, index_files
 from workers.runs.plan import check_same_job, create_plan, load_plan
 from workers.storage import ObjectStore
 from workers.storage.files import footer_metadata, load_document, parquet_bytes
@@ -201,30 +205,35 @@ class _Stream:
         self.pending: list[pa.Table] = []  # kept objects not in a shard yet (fewer than a shard)
         self.pending_rows = 0
         self.writes: collections.deque[tuple[int, Future]] = collections.deque()
-        self.index: index.SortedIndex | None = None
+        self.index: index_files.RangeReader | None = None
         self.current = labelling_id(planner.fingerprint)
 
     def run(self) -> Plan:
         p = self.p
         skipped: list[str] = []
-        if p.mode != "off":
-            self.index = index.SortedIndex(index.load(p.output))
-            pa.default_memory_pool().release_unused()  # the unsorted copy
-        with ThreadPoolExecutor(_WRITE_THREADS, thread_name_prefix="fastsam-plan-write") as pool:
-            self.pool = pool
-            try:
-                for batch in _chunks(p.listing, p.job.source, p.chunk, skipped, self.start_after):
-                    if p._stop.is_set():
-                        raise StoreError(f"planning of run {p.layout.run_id} was stopped; run again to resume it")
-                    self._take(batch)
-                if self.pending_rows:
-                    self._cut(pa.concat_tables(self.pending), None)
-                self._drain(0)
-            except BaseException:
-                wait([fut for _, fut in self.writes])  # lists being written are kept for a resume
-                with contextlib.suppress(Exception):
-                    self._drain(0)  # and handed out: what was planned is labelled
-                raise
+        with contextlib.ExitStack() as stack:  # the pool is shut down before the index copy is removed
+            if p.mode != "off":  # the index on local disk, read a chunk's URI range at a time
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fastsam-plan-index-")))
+                self.index = index_files.RangeReader(index.local_copy(p.output, folder))
+            return self._plan(skipped, stack.enter_context(
+                ThreadPoolExecutor(_WRITE_THREADS, thread_name_prefix="fastsam-plan-write")))  # fmt: skip
+
+    def _plan(self, skipped: list[str], pool: ThreadPoolExecutor) -> Plan:
+        p = self.p
+        self.pool = pool
+        try:
+            for batch in _chunks(p.listing, p.job.source, p.chunk, skipped, self.start_after):
+                if p._stop.is_set():
+                    raise StoreError(f"planning of run {p.layout.run_id} was stopped; run again to resume it")
+                self._take(batch)
+            if self.pending_rows:
+                self._cut(pa.concat_tables(self.pending), None)
+            self._drain(0)
+        except BaseException:
+            wait([fut for _, fut in self.writes])  # lists being written are kept for a resume
+            with contextlib.suppress(Exception):
+                self._drain(0)  # and handed out: what was planned is labelled
+            raise
         if self.counts["listed"] == 0:
             s = p.job.source
             filters = f"extensions {', '.join(s.extensions)}" + (f", include {list(s.include)}" if s.include else "")
