@@ -7,7 +7,9 @@ limit (which silently empties the last images of a slow batch) and its all-pairs
 
 What differs otherwise is memory and time: ultralytics upsamples every mask to the
 whole image (N x H x W) before cropping; here each mask is evaluated only inside its box, a chunk
-of masks at a time, and becomes RLE before the next chunk starts.
+of masks at a time, and becomes RLE before the next chunk starts. On the CPU, a retina window is
+evaluated only where its value can cross a threshold (`fastsam_core.sign_windows`: the same bits,
+a fraction of the work).
 
 Boxes are the detector's boxes in original pixels, clipped to the image. ultralytics' FastSAM
 predictor also moves box edges within 20 px of the border onto it (an in-place side effect of
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from fastsam_core import rle as rle_utils
+from fastsam_core import sign_windows
 from fastsam_core.batch import MaskBatch
 from fastsam_core.model import FastSAMModel
 from fastsam_core.nms import non_max_suppression
@@ -81,11 +84,20 @@ def _box_window(box: Sequence[float], h: int, w: int) -> tuple[int, int, int, in
 
 
 class Segmenter:
-    """Everything mode on a loaded model. Stateless between calls; safe to reuse."""
+    """Everything mode on a loaded model. Stateless between calls; safe to reuse.
 
-    def __init__(self, model: FastSAMModel, params: EverythingParams | None = None):
+    Args:
+        model: the loaded model.
+        params: everything-mode settings (FastSAM's defaults when None).
+        dense_windows: evaluate every pixel of each retina window (True), or only the pixels whose
+            cell straddles a threshold (False, `sign_windows`: the same output); None = dense on a
+            GPU, straddling cells only on the CPU.
+    """
+
+    def __init__(self, model: FastSAMModel, params: EverythingParams | None = None, dense_windows: bool | None = None):
         self.model = model
         self.params = params or EverythingParams(imgsz=model.default_imgsz)
+        self.dense_windows = dense_windows
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[MaskBatch]:
         """Segment everything in a batch.
@@ -122,11 +134,14 @@ class Segmenter:
         coeffs = det[:, 6:].float()
         off = self.params.stability_offset
         retina = self.params.retina
+        dense = self.dense_windows if self.dense_windows is not None else proto.device.type != "cpu"
         if retina:
             f = _upsample_factor(mh, mw, h, w)
             top, bottom, left, right = _content_crop(f * mh, f * mw, h, w)
             rows_all = axis_taps(bottom - top, h, 0, h, proto.device)
             cols_all = axis_taps(right - left, w, 0, w, proto.device)
+            if not dense:
+                rows_np, cols_np = sign_windows.numpy_taps(rows_all), sign_windows.numpy_taps(cols_all)
             per_mask = (f * f + 1) * mh * mw
         else:
             ih, iw = in_hw
@@ -144,11 +159,16 @@ class Segmenter:
             logits = (coeffs[s : s + chunk] @ proto.view(c, -1)).view(-1, mh, mw)
             if retina and f > 1:
                 logits = F.interpolate(logits[None], scale_factor=f, mode="bilinear")[0]
+            host = logits.numpy() if retina and not dense else None
             windows, origins, held = [], [], 0
             for k in range(len(logits)):
                 i = s + k
                 x0, y0, x1, y1 = _box_window(boxes_host[i], h, w)
-                if retina:
+                if host is not None:
+                    r = sign_windows.window(host[k, top:bottom, left:right], rows_np, cols_np, y0, y1, x0, x1, off)
+                    binary = torch.from_numpy(r.binary)
+                    stability = _ratio(torch.tensor(r.above), torch.tensor(r.union))
+                elif retina:
                     src = logits[k, top:bottom, left:right]
                     win = resize_window(src, _take(rows_all, y0, y1), _take(cols_all, x0, x1))
                     binary = win > 0
@@ -207,6 +227,9 @@ def _take(t, start: int, stop: int):
 
 def _stability(logits: torch.Tensor, offset: float) -> torch.Tensor:
     """IoU of (logits > offset) and (logits > -offset); 0 when both are empty."""
-    inter = (logits > offset).sum()
-    union = (logits > -offset).sum()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros((), device=logits.device)).float()
+    return _ratio((logits > offset).sum(), (logits > -offset).sum())
+
+
+def _ratio(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """The ratio of two int64 pixel counts as a float32 scalar tensor (0 when `union` is 0)."""
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros((), device=union.device)).float()
