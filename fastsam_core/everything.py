@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fastsam_core import grids, sign_windows
 from fastsam_core import rle as rle_utils
-from fastsam_core import sign_windows
 from fastsam_core.batch import MaskBatch
 from fastsam_core.model import FastSAMModel
 from fastsam_core.nms import non_max_suppression
@@ -140,9 +140,13 @@ class Segmenter:
             top, bottom, left, right = _content_crop(f * mh, f * mw, h, w)
             rows_all = axis_taps(bottom - top, h, 0, h, proto.device)
             cols_all = axis_taps(right - left, w, 0, w, proto.device)
+            lazy = False  # upsampled by f only where a window reads (grids.Upsampled), not whole maps
             if not dense:
                 rows_np, cols_np = sign_windows.numpy_taps(rows_all), sign_windows.numpy_taps(cols_all)
-            per_mask = (f * f + 1) * mh * mw
+                lazy = f > 1 and grids.upsampling_matches_torch(mh, mw, f)
+                if lazy:
+                    f_taps = (grids.upsample_taps(mh, f), grids.upsample_taps(mw, f))
+            per_mask = (f * f + 1) * mh * mw if not lazy else mh * mw
         else:
             ih, iw = in_hw
             top, bottom, left, right = _content_crop(ih, iw, h, w)
@@ -157,18 +161,23 @@ class Segmenter:
         counts, stab = [], []
         for s in range(0, len(det), chunk):
             logits = (coeffs[s : s + chunk] @ proto.view(c, -1)).view(-1, mh, mw)
-            if retina and f > 1:
+            if retina and f > 1 and not lazy:
                 logits = F.interpolate(logits[None], scale_factor=f, mode="bilinear")[0]
             host = logits.numpy() if retina and not dense else None
             windows, origins, held = [], [], 0
             for k in range(len(logits)):
                 i = s + k
                 x0, y0, x1, y1 = _box_window(boxes_host[i], h, w)
-                if host is not None:
-                    r = sign_windows.window(host[k, top:bottom, left:right], rows_np, cols_np, y0, y1, x0, x1, off)
-                    binary = torch.from_numpy(r.binary)
-                    stability = _ratio(torch.tensor(r.above), torch.tensor(r.union))
-                elif retina:
+                if host is not None:  # run lengths straight from the window's cells
+                    if lazy:
+                        grid = grids.Upsampled(host[k], f, (top, bottom, left, right), f_taps)
+                    else:
+                        grid = grids.Plain(host[k, top:bottom, left:right])
+                    r = sign_windows.window(grid, rows_np, cols_np, y0, y1, x0, x1, off, (h, w))
+                    counts.append(r.counts)
+                    stab.append(_ratio(torch.tensor(r.above), torch.tensor(r.union)))
+                    continue
+                if retina:
                     src = logits[k, top:bottom, left:right]
                     win = resize_window(src, _take(rows_all, y0, y1), _take(cols_all, x0, x1))
                     binary = win > 0

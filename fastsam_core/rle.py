@@ -65,7 +65,7 @@ def string_to_counts(s: bytes | str) -> np.ndarray:
     return c
 
 
-def _counts_from_positions(pos: np.ndarray, n_pixels: int) -> np.ndarray:
+def counts_from_changes(pos: np.ndarray, n_pixels: int) -> np.ndarray:
     """Run lengths from sorted change positions in [0, n_pixels] (equal pairs cancel)."""
     if pos.size:
         same = np.flatnonzero(pos[1:] == pos[:-1])
@@ -109,7 +109,7 @@ def window_counts(
     col, row = np.divmod(local, heights[which] + 2)
     pos = (ox[which] + col) * h + oy[which] + row - 1
     bounds = np.searchsorted(which, np.arange(n + 1))
-    return [_counts_from_positions(pos[bounds[i] : bounds[i + 1]], h * w) for i in range(n)]
+    return [counts_from_changes(pos[bounds[i] : bounds[i + 1]], h * w) for i in range(n)]
 
 
 def from_counts(counts: np.ndarray, image_hw: tuple[int, int]) -> RLE:

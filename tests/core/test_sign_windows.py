@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from fastsam_core import EverythingParams, FastSAMModel, Segmenter, sign_windows
 from fastsam_core.everything import _take
+from fastsam_core.grids import Plain
 from fastsam_core.resample import axis_taps, resize_window
+from fastsam_core.rle import window_counts
 from fastsam_core.testing.synthetic import make_scene
 
 
@@ -37,10 +39,18 @@ def test_a_window_equals_the_dense_resize_thresholded(kind):
         offset = float(rng.choice([1.0, 0.3, 2.5]))
         dense = resize_window(src, _take(rows, y0, y1), _take(cols, x0, x1))
         got = sign_windows.window(
-            src.numpy(), sign_windows.numpy_taps(rows), sign_windows.numpy_taps(cols), y0, y1, x0, x1, offset
+            Plain(src.numpy()),
+            sign_windows.numpy_taps(rows),
+            sign_windows.numpy_taps(cols),
+            y0,
+            y1,
+            x0,
+            x1,
+            offset,
+            (h, w),
         )
-        assert got.binary.shape == tuple(dense.shape)
-        assert np.array_equal(got.binary, (dense > 0).numpy())
+        (expected,) = window_counts([dense > 0], [(y0, x0)], (h, w))
+        np.testing.assert_array_equal(got.counts, expected)
         assert (got.above, got.union) == (int((dense > offset).sum()), int((dense > -offset).sum()))
         computed, total = computed + got.computed, total + dense.numel()
     if kind.startswith("flat"):
@@ -67,3 +77,59 @@ def test_the_segmenter_gives_the_dense_paths_bits(random_checkpoint, sizes):
         assert np.array_equal(a.stability, b.stability) and np.array_equal(a.areas, b.areas)
         assert np.array_equal(a.boxes_xyxy, b.boxes_xyxy) and np.array_equal(a.scores, b.scores)
     assert min(len(b) for b in sign) >= 100  # hundreds of masks, of every size, on every image
+
+
+def _nearest_float32(exact) -> np.float32:
+    """The float32 nearest a Fraction, ties to even."""
+    from fractions import Fraction
+
+    guess = np.float32(float(exact))
+    cands = [guess, np.nextafter(guess, np.float32(np.inf)), np.nextafter(guess, np.float32(-np.inf))]
+    even = lambda v: int(np.frombuffer(v.tobytes(), np.uint32)[0]) & 1  # noqa: E731
+    return min(cands, key=lambda v: (abs(Fraction(float(v)) - exact), even(v)))
+
+
+def test_fma32_rounds_once():
+    from fractions import Fraction
+
+    from fastsam_core.grids import fma32
+
+    f32 = np.float32
+    # 3 * (1 + 2**-23) lies exactly between two float32 neighbours; a tiny c decides which one is nearest,
+    # and rounding through float64 would lose it (and round to even instead).
+    mid_a, mid_b = f32(3), f32(1 + 2.0**-23)
+    lower, upper = f32(3 + 2.0**-22), f32(3 + 2.0**-21)
+    assert fma32(np.array([mid_a]), np.array([mid_b]), np.array([f32(-(2.0**-80))]))[0] == lower
+    assert fma32(np.array([mid_a]), np.array([mid_b]), np.array([f32(2.0**-80)]))[0] == upper
+    assert fma32(np.array([mid_a]), np.array([mid_b]), np.array([f32(0)]))[0] == upper  # a true tie: to even
+    rng = np.random.default_rng(5)
+    a = rng.normal(0, 4, 3000).astype(f32)
+    b = rng.choice(np.array([0.125, 0.375, 0.625, 0.875, 0.25, 0.75, 1.0, 0.0], f32), 3000)
+    c = (rng.normal(0, 4, 3000) * rng.choice([1.0, 2.0**-30], 3000)).astype(f32)
+    got = fma32(a, b, c)
+    exact = [Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)) for x, y, z in zip(a, b, c, strict=True)]
+    want = [_nearest_float32(e) for e in exact]
+    np.testing.assert_array_equal(got, np.array(want, f32))
+
+
+@pytest.mark.parametrize("shape", [(176, 256, 4), (256, 176, 2), (192, 256, 2), (24, 40, 4)])
+def test_upsampled_grids_give_torchs_values_where_read(shape):
+    from fastsam_core import grids
+
+    mh, mw, f = shape
+    assert grids.upsampling_matches_torch(mh, mw, f)  # this machine's kernel fuses as emulated
+    rng = np.random.default_rng(mh + f)
+    logits = rng.normal(0, 5, (mh, mw)).astype(np.float32)
+    full = F.interpolate(torch.from_numpy(logits)[None, None], scale_factor=f, mode="bilinear")[0, 0].numpy()
+    top, left = int(rng.integers(0, 3 * f)), int(rng.integers(0, 3 * f))
+    crop = (top, f * mh - int(rng.integers(0, 3 * f)), left, f * mw - int(rng.integers(0, 3 * f)))
+    up = grids.Upsampled(logits, f, crop, (grids.upsample_taps(mh, f), grids.upsample_taps(mw, f)))
+    r = rng.integers(0, up.shape[0], 5000)
+    c = rng.integers(0, up.shape[1], 5000)
+    np.testing.assert_array_equal(up.points(r, c), full[top + r, left + c])
+    rows, cols = np.arange(0, up.shape[0] - 1), np.arange(0, up.shape[1] - 1)
+    lo, hi = up.bounds(rows, cols)
+    corners = np.stack([full[top + rows][:, left + cols], full[top + rows + 1][:, left + cols],
+                        full[top + rows][:, left + cols + 1], full[top + rows + 1][:, left + cols + 1]])  # fmt: skip
+    slack = 1e-5 * np.abs(corners).max()
+    assert (lo <= corners.min(0) + slack).all() and (hi >= corners.max(0) - slack).all()
