@@ -163,20 +163,23 @@ class Segmenter:
             logits = (coeffs[s : s + chunk] @ proto.view(c, -1)).view(-1, mh, mw)
             if retina and f > 1 and not lazy:
                 logits = F.interpolate(logits[None], scale_factor=f, mode="bilinear")[0]
-            host = logits.numpy() if retina and not dense else None
+            if retina and not dense:  # the chunk's run lengths straight from its windows' cells
+                host = logits.numpy()
+                if lazy:
+                    grid = grids.Upsampled(host, f, (top, bottom, left, right), f_taps)
+                else:
+                    grid = grids.Plain(host[:, top:bottom, left:right])
+                if s == 0:  # the same for every chunk of the image
+                    cells = (grid.axis_cells(rows_np.i0, rows_np.i1, 0), grid.axis_cells(cols_np.i0, cols_np.i1, 1))
+                wins = np.array([_box_window(b, h, w) for b in boxes_host[s : s + len(logits)]], np.int64)
+                r = sign_windows.windows(grid, rows_np, cols_np, *cells, wins, off, (h, w))
+                counts.extend(r.counts)
+                stab.extend(torch.from_numpy(_ratio_np(r.above, r.union)))
+                continue
             windows, origins, held = [], [], 0
             for k in range(len(logits)):
                 i = s + k
                 x0, y0, x1, y1 = _box_window(boxes_host[i], h, w)
-                if host is not None:  # run lengths straight from the window's cells
-                    if lazy:
-                        grid = grids.Upsampled(host[k], f, (top, bottom, left, right), f_taps)
-                    else:
-                        grid = grids.Plain(host[k, top:bottom, left:right])
-                    r = sign_windows.window(grid, rows_np, cols_np, y0, y1, x0, x1, off, (h, w))
-                    counts.append(r.counts)
-                    stab.append(_ratio(torch.tensor(r.above), torch.tensor(r.union)))
-                    continue
                 if retina:
                     src = logits[k, top:bottom, left:right]
                     win = resize_window(src, _take(rows_all, y0, y1), _take(cols_all, x0, x1))
@@ -207,7 +210,7 @@ class Segmenter:
             image_hw=(h, w),
             boxes_xyxy=boxes[idx].cpu().numpy(),
             scores=det[idx, 4].float().cpu().numpy(),
-            rles=[rle_utils.from_counts(counts[i], (h, w)) for i in keep],
+            rles=rle_utils.from_many_counts([counts[i] for i in keep], (h, w)),
             areas=areas[keep],
             stability=torch.stack(stab).cpu().numpy()[keep],
             mask_ids=np.arange(len(keep), dtype=np.int32),
@@ -237,6 +240,12 @@ def _take(t, start: int, stop: int):
 def _stability(logits: torch.Tensor, offset: float) -> torch.Tensor:
     """IoU of (logits > offset) and (logits > -offset); 0 when both are empty."""
     return _ratio((logits > offset).sum(), (logits > -offset).sum())
+
+
+def _ratio_np(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+    """`_ratio` of (N,) int64 counts: float32(inter) / float32(union), 0 where union is 0 (the same bits)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter.astype(np.float32) / np.maximum(union, 1).astype(np.float32), np.float32(0))
 
 
 def _ratio(inter: torch.Tensor, union: torch.Tensor) -> torch.Tensor:

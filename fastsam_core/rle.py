@@ -30,9 +30,20 @@ def counts_to_string(counts: np.ndarray) -> bytes:
     Args:
         counts: (K,) non-negative run lengths, background first.
     """
-    c = np.asarray(counts, dtype=np.int64)
+    return counts_to_strings([counts])[0]
+
+
+def counts_to_strings(many: Sequence[np.ndarray]) -> list[bytes]:
+    """`counts_to_string` of every mask of a batch, in one vectorised pass over all their runs."""
+    if not many:
+        return []
+    sizes = np.array([len(c) for c in many], np.int64)
+    c = np.concatenate([np.zeros(0, np.int64), *(np.asarray(m, np.int64) for m in many)])
+    # runs after the third of each mask are stored as a difference to the run two before
+    local = np.arange(c.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     x = c.copy()
-    x[3:] -= c[1:-2]  # runs after the third are stored as a difference to the run two before
+    later = np.flatnonzero(local >= 3)
+    x[later] -= c[later - 2]
     chars = np.zeros((x.size, _MAX_CHARS), np.uint8)
     valid = np.zeros((x.size, _MAX_CHARS), bool)
     more = np.ones(x.size, bool)
@@ -43,7 +54,11 @@ def counts_to_string(counts: np.ndarray) -> bytes:
         valid[:, i] = more
         chars[:, i] = (part | (more_after << 5)) + 48
         more = more & more_after
-    return chars[valid].tobytes()
+    owner = np.repeat(np.arange(len(many)), sizes)
+    per_mask = np.bincount(owner, weights=valid.sum(1), minlength=len(many)).astype(np.int64)
+    ends = np.cumsum(per_mask)
+    flat = chars[valid].tobytes()
+    return [flat[e - k : e] for e, k in zip(ends.tolist(), per_mask.tolist(), strict=True)]
 
 
 def string_to_counts(s: bytes | str) -> np.ndarray:
@@ -114,14 +129,20 @@ def window_counts(
 
 def from_counts(counts: np.ndarray, image_hw: tuple[int, int]) -> RLE:
     """The RLE dict of uncompressed run lengths."""
-    return {"size": [int(image_hw[0]), int(image_hw[1])], "counts": counts_to_string(counts)}
+    return from_many_counts([counts], image_hw)[0]
+
+
+def from_many_counts(many: Sequence[np.ndarray], image_hw: tuple[int, int]) -> list[RLE]:
+    """The RLE dicts of several masks' run lengths (compressed in one pass)."""
+    size = [int(image_hw[0]), int(image_hw[1])]
+    return [{"size": list(size), "counts": s} for s in counts_to_strings(many)]
 
 
 def encode_windows(
     windows: Sequence[torch.Tensor], origins_yx: Sequence[tuple[int, int]], image_hw: tuple[int, int]
 ) -> list[RLE]:
     """Encode masks given as windows of a larger image (arguments as in `window_counts`); N RLE dicts."""
-    return [from_counts(c, image_hw) for c in window_counts(windows, origins_yx, image_hw)]
+    return from_many_counts(window_counts(windows, origins_yx, image_hw), image_hw)
 
 
 def encode(masks: torch.Tensor | np.ndarray) -> list[RLE]:

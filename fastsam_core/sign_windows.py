@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastsam_core import rle as rle_utils
-from fastsam_core.grids import Plain, Upsampled
+from fastsam_core.grids import AxisCells, Plain, Upsampled
 from fastsam_core.resample import AxisTaps
 
 #: Bound on the float error of two-stage bilinear interpolation, relative to the largest |corner|:
@@ -54,172 +54,149 @@ def numpy_taps(t: AxisTaps) -> NumpyTaps:
 
 
 @dataclass(frozen=True)
-class WindowResult:
-    """One mask window: its run lengths over the image and its stability counts.
+class Windows:
+    """A chunk of mask windows: their run lengths over the image and their stability counts.
 
     Attributes:
-        counts: (K,) int64 run lengths of (value > 0) over the whole image, column-major, background
-            first: what `rle.window_counts` gives for the thresholded window.
-        above: pixels with value > +offset.
-        union: pixels with value > -offset.
-        computed: pixel values computed (the rest took their cell's answer).
+        counts: N (K_i,) int64 run lengths of (value > 0) over the whole image, column-major,
+            background first: what `rle.window_counts` gives for the thresholded windows.
+        above: (N,) int64 pixels with value > +offset.
+        union: (N,) int64 pixels with value > -offset.
+        computed: pixel values computed in all (the rest took their cell's answer).
     """
 
-    counts: np.ndarray
-    above: int
-    union: int
+    counts: list[np.ndarray]
+    above: np.ndarray
+    union: np.ndarray
     computed: int
 
 
-class _Cells:
-    """The source cells under a window, those that hold no output pixel left out.
-
-    Attributes:
-        rows, cols: (R,), (C,) each cell row's and column's source index (the taps' i0).
-        lo, hi: (R, C) float64 bounds of each cell's four corners (the grid's `bounds`).
-        rs: (R + 1,) first window row of each cell row, then the window's height.
-        cs: (C + 1,) first window column of each cell column, then the window's width.
-    """
-
-    def __init__(self, grid: Grid, ri: np.ndarray, ci: np.ndarray):
-        self.grid = grid
-        self.rows, self.rs = _spans(ri)
-        self.cols, self.cs = _spans(ci)
-        self.lo, self.hi = grid.bounds(self.rows, self.cols)
-        self.margin = np.maximum(-self.lo, self.hi) * _RELATIVE_ERROR + _ABSOLUTE_ERROR
-        self._corners: dict[tuple[int, int], int] = {}
-
-    def above(self, t: float) -> np.ndarray:
-        """(R, C) bool: every pixel of the cell is > t."""
-        return self.lo - t > self.margin
-
-    def unsure(self, t: float) -> np.ndarray:
-        """(R, C) bool: the cell's pixels may lie on either side of t."""
-        return ~self.above(t) & (t - self.hi < self.margin)
-
-    def corners(self, k: np.ndarray, m: np.ndarray) -> np.ndarray:
-        """(4, K) float32 values at the (upper-left, lower-left, upper-right, lower-right) corners of cells (k, m).
-
-        A cell's corners are its source row and the next, its column and the next, the last repeated at
-        the edge (where the taps' i1 is i0): the four values every pixel of the cell is made of.
-        """
-        hs, ws = self.grid.shape
-        r0, c0 = self.rows[k], self.cols[m]
-        r1, c1 = np.minimum(r0 + 1, hs - 1), np.minimum(c0 + 1, ws - 1)
-        return self.grid.points(np.concatenate([r0, r1, r0, r1]), np.concatenate([c0, c0, c1, c1])).reshape(4, -1)
+def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, index within owner) of sum(counts) items, owner i holding counts[i] of them."""
+    owner = np.repeat(np.arange(counts.size), counts)
+    return owner, np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
-def _spans(taps_i0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct source indices of a window's rows or columns, the first window position of each + the end)."""
-    starts = np.flatnonzero(np.diff(taps_i0)) + 1
-    first = np.concatenate([[0], starts, [taps_i0.size]])
-    return taps_i0[first[:-1]], first
-
-
-def _pixels(ya: np.ndarray, yb: np.ndarray, xa: np.ndarray, xb: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Every pixel of K blocks [ya, yb) x [xa, xb), block by block, each column-major: (block, y, x) arrays."""
-    hk, wk = yb - ya, xb - xa
-    nk = hk * wk
-    block = np.repeat(np.arange(nk.size), nk)
-    local = np.arange(block.size) - np.repeat(np.cumsum(nk) - nk, nk)
-    xl, yl = np.divmod(local, hk[block])
-    return block, ya[block] + yl, xa[block] + xl
-
-
-def _per_pixel(cells: _Cells, k: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """(4, N) corners of the cells (k, m) of N pixels, each distinct cell's computed once."""
-    if k.size == 0:
-        return np.zeros((4, 0), np.float32)
-    key = k * cells.cols.size + m
-    distinct, which = np.unique(key, return_inverse=True)
-    return cells.corners(distinct // cells.cols.size, distinct % cells.cols.size)[:, which]
-
-
-def _values(corners: np.ndarray, rows: NumpyTaps, cols: NumpyTaps, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """`resize_window`'s values at image pixels (yy, xx) from their cells' (4, N) corners: its float32 operations."""
-    w0y, w1y, w0x, w1x = rows.w0[yy], rows.w1[yy], cols.w0[xx], cols.w1[xx]
-    left = corners[0] * w0y + corners[1] * w1y  # rows first, as resize_window
-    right = corners[2] * w0y + corners[3] * w1y
-    return left * w0x + right * w1x
-
-
-def window(
+def windows(
     grid: Grid,
     rows: NumpyTaps,
     cols: NumpyTaps,
-    y0: int,
-    y1: int,
-    x0: int,
-    x1: int,
+    row_cells: AxisCells,
+    col_cells: AxisCells,
+    boxes: np.ndarray,
     offset: float,
     image_hw: tuple[int, int],
-) -> WindowResult:
-    """Threshold `resize_window(src, rows[y0:y1], cols[x0:x1])` at 0 (as run lengths), +offset and -offset, exactly.
+) -> Windows:
+    """Threshold `resize_window(grid[i], rows[y0:y1], cols[x0:x1])` of N windows at 0 (as run lengths) and +-offset.
 
-    The run lengths come from the cells: a boundary between two sure cells changes the mask in every
-    column of the cell column at once; only the unsure cells are resolved pixel by pixel. Work
-    grows with the cells, the unsure pixels and the runs, not with the window's area.
+    Exactly the dense path's results. The run lengths come from cells: a boundary between two sure
+    cells changes the mask in every column of the cell column at once; only unsure cells are
+    resolved pixel by pixel. Work grows with the cells, the unsure pixels and the runs, not with the
+    windows' area, and every step runs on all N windows at once.
 
     Args:
-        grid: the (Hs, Ws) source (`grids.Plain` or `grids.Upsampled`).
+        grid: the N (Hs, Ws) sources (`grids.Plain` or `grids.Upsampled`).
         rows: taps of every output row of the image (`numpy_taps`).
         cols: taps of every output column.
-        y0: first row of the window, in output pixels.
-        y1: its end (exclusive).
-        x0: first column.
-        x1: its end (exclusive).
+        row_cells: `grid.axis_cells(rows.i0, rows.i1, 0)`.
+        col_cells: `grid.axis_cells(cols.i0, cols.i1, 1)`.
+        boxes: (N, 4) int64 windows (x0, y0, x1, y1), end-exclusive, in output pixels.
         offset: the stability offset (compared in float32, as a float32 tensor compares with it).
         image_hw: (h, w) of the image.
     """
     h, w = image_hw
+    n = boxes.shape[0]
+    x0, y0, x1, y1 = (boxes[:, j].astype(np.int64) for j in range(4))
     hb, wb = y1 - y0, x1 - x0
-    if hb <= 0 or wb <= 0:
-        return WindowResult(np.array([h * w], np.int64), 0, 0, 0)
+    live = (hb > 0) & (wb > 0)
     off = float(np.float32(offset))
-    cells = _Cells(grid, rows.i0[y0:y1], cols.i0[x0:x1])
-    rs, cs = cells.rs, cells.cs
-    nr, nc = np.diff(rs), np.diff(cs)
-    sure_fg, unsure = cells.above(0.0), cells.unsure(0.0)
-    R, C = sure_fg.shape
-    # Changes down each column at boundaries between two sure cells (or a sure cell and the window's edge),
-    # shared by every column of the cell column.
-    pad_false = np.zeros((1, C), bool)
-    upper, lower = np.vstack([pad_false, sure_fg]), np.vstack([sure_fg, pad_false])
-    shaky = np.vstack([pad_false, unsure]) | np.vstack([unsure, pad_false])
-    bk, bm = np.nonzero((upper != lower) & ~shaky)  # boundary above cell row bk (bk = R: the bottom), column bm
-    repeat = nc[bm]
-    x_sure = np.repeat(cs[bm], repeat) + (np.arange(repeat.sum()) - np.repeat(np.cumsum(repeat) - repeat, repeat))
-    y_sure = np.repeat(rs[bk], repeat)
-    # Unsure cells pixel by pixel, with the row above and the row below, so their edges are resolved too.
-    uk, um = np.nonzero(unsure)
-    block, yy, xx = _pixels(rs[uk] - 1, rs[uk + 1] + 1, cs[um], cs[um + 1])
-    top, bottom = rs[uk][block], rs[uk + 1][block]
-    inside = (yy >= 0) & (yy < hb)
-    k = uk[block] - (yy < top) + (yy >= bottom)  # the row above is the upper cell's, the row below the lower's
+    # -- the cells of every window, flat: mask-major, then row-major ------------------------------
+    g0r, nr_cells = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    g0c, nc_cells = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    if live.any():
+        g0r[live], nr_cells[live] = row_cells.range(y0[live], y1[live])
+        g0c[live], nc_cells[live] = col_cells.range(x0[live], x1[live])
+    mask, local = _expand(nr_cells * nc_cells)
+    kr, kc = np.divmod(local, nc_cells[mask])
+    gr, gc = g0r[mask] + kr, g0c[mask] + kc
+    ya = np.maximum(row_cells.start[gr] - y0[mask], 0)
+    yb = np.minimum(row_cells.start[gr + 1] - y0[mask], hb[mask])
+    xa = np.maximum(col_cells.start[gc] - x0[mask], 0)
+    xb = np.minimum(col_cells.start[gc + 1] - x0[mask], wb[mask])
+    lo, hi = grid.bounds(mask, row_cells.lo[gr], row_cells.hi[gr], col_cells.lo[gc], col_cells.hi[gc])
+    margin = np.maximum(-lo, hi) * _RELATIVE_ERROR + _ABSOLUTE_ERROR
+    above = {t: lo - t > margin for t in (0.0, off, -off)}  # every pixel of the cell is > t
+    unsure = {t: ~above[t] & (t - hi < margin) for t in above}  # neither surely > t nor surely <= t
+    step = nc_cells[mask]  # from a cell to the one below it
+    first_row, last_row = kr == 0, kr == nr_cells[mask] - 1
+    sure, shaky = above[0.0], unsure[0.0]
+    above_idx = np.where(first_row, 0, np.arange(mask.size) - step)
+    below_idx = np.where(last_row, 0, np.arange(mask.size) + step)
+
+    def values(cell: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        """`resize_window`'s values at window pixels (yy, xx) of `cell`: its float32 operations, rows first.
+
+        The four grid values under each pixel's taps are read once per distinct (window, taps) pair.
+        """
+        m = mask[cell]
+        yi, xi = yy + y0[m], xx + x0[m]
+        if yi.size == 0:
+            return np.zeros(0, np.float32)
+        key = (m * (rows.i0[-1] + 1) + rows.i0[yi]) * np.int64(cols.i0[-1] + 1) + cols.i0[xi]  # same taps: same values
+        _, first, which = np.unique(key, return_index=True, return_inverse=True)
+        dm, dy, dx = m[first], yi[first], xi[first]
+        r0, r1, c0, c1 = rows.i0[dy], rows.i1[dy], cols.i0[dx], cols.i1[dx]
+        v = grid.points(np.tile(dm, 4), np.concatenate([r0, r1, r0, r1]), np.concatenate([c0, c0, c1, c1]))
+        c = v.reshape(4, -1)[:, which]
+        w0y, w1y, w0x, w1x = rows.w0[yi], rows.w1[yi], cols.w0[xi], cols.w1[xi]
+        return (c[0] * w0y + c[1] * w1y) * w0x + (c[2] * w0y + c[3] * w1y) * w1x
+
+    # -- changes down each column at edges between sure cells (and the windows' edges), per cell column
+    upper = np.where(first_row, False, sure[above_idx])
+    top_edge = (upper != sure) & ~shaky & ~np.where(first_row, False, shaky[above_idx])
+    bottom_edge = last_row & sure & ~shaky  # into the zeros below the window
+    edge_cells = np.concatenate([np.flatnonzero(top_edge), np.flatnonzero(bottom_edge)])
+    edge_y = np.concatenate([ya[top_edge], yb[bottom_edge]])
+    owner, dx = _expand(xb[edge_cells] - xa[edge_cells])
+    sure_key = _key(mask[edge_cells][owner], xa[edge_cells][owner] + dx, edge_y[owner], x0, y0, h, w)
+    # -- unsure cells pixel by pixel, with the row above and the row below, so their edges are resolved
+    uc = np.flatnonzero(shaky)
+    owner, local = _expand((yb[uc] - ya[uc] + 2) * (xb[uc] - xa[uc]))
+    dx, dy = np.divmod(local, (yb[uc] - ya[uc] + 2)[owner])
+    cell, yy, xx = uc[owner], ya[uc][owner] - 1 + dy, xa[uc][owner] + dx
+    inside = (yy >= 0) & (yy < hb[mask[cell]])
+    of = np.where(yy < ya[cell], above_idx[cell], np.where(yy >= yb[cell], below_idx[cell], cell))
     fg = np.zeros(yy.size, bool)
-    corners = _per_pixel(cells, k[inside], um[block[inside]])
-    fg[inside] = _values(corners, rows, cols, yy[inside] + y0, xx[inside] + x0) > 0
+    fg[inside] = values(of[inside], yy[inside], xx[inside]) > 0
     computed = int(inside.sum())
     change = np.zeros(yy.size, bool)
     change[1:] = fg[1:] != fg[:-1]
-    change &= yy >= top  # not across two columns or blocks (each column starts at its row above)
-    below_unsure = np.zeros(uk.size, bool)
-    has_below = uk + 1 < R
-    below_unsure[has_below] = unsure[uk[has_below] + 1, um[has_below]]
-    change &= (yy < bottom) | ~below_unsure[block]  # the cell below resolves its own top edge
-    y_px, x_px = yy[change], xx[change]
-    pos = np.concatenate([(x0 + x_sure) * h + y0 + y_sure, (x0 + x_px) * h + y0 + y_px])
-    pos.sort()
-    counts = rle_utils.counts_from_changes(pos, h * w)
-    # Stability: sure cells counted by their pixel counts, unsure cells pixel by pixel.
+    change &= yy >= ya[cell]  # not across two columns or blocks (each column starts at its row above)
+    below_shaky = ~last_row[cell] & shaky[below_idx[cell]]
+    change &= (yy < yb[cell]) | ~below_shaky  # the cell below resolves its own top edge
+    px_key = _key(mask[cell][change], xx[change], yy[change], x0, y0, h, w)
+    # -- run lengths, window by window
+    keys = np.concatenate([sure_key, px_key])
+    keys.sort()
+    span = np.int64(h) * w + 1
+    bounds = np.searchsorted(keys, np.arange(n + 1, dtype=np.int64) * span)
+    counts = [rle_utils.counts_from_changes(keys[bounds[i] : bounds[i + 1]] - i * span, h * w) for i in range(n)]
+    # -- stability: sure cells by their pixel counts, unsure cells pixel by pixel
+    pixels = (yb - ya) * (xb - xa)
     stab = {}
     for t in (off, -off):
-        count = int(nr @ cells.above(t).astype(np.int64) @ nc)
-        sk, sm = np.nonzero(cells.unsure(t))
-        if sk.size:
-            block, yy, xx = _pixels(rs[sk], rs[sk + 1], cs[sm], cs[sm + 1])
-            corners = _per_pixel(cells, sk[block], sm[block])
-            count += int(np.count_nonzero(_values(corners, rows, cols, yy + y0, xx + x0) > t))
-            computed += yy.size
-        stab[t] = count
-    return WindowResult(counts, stab[off], stab[-off], computed)
+        count = np.bincount(mask, weights=pixels * above[t], minlength=n)
+        uc = np.flatnonzero(unsure[t])
+        owner, local = _expand((yb[uc] - ya[uc]) * (xb[uc] - xa[uc]))
+        dx, dy = np.divmod(local, (yb[uc] - ya[uc])[owner])
+        cell = uc[owner]
+        hit = values(cell, ya[cell] + dy, xa[cell] + dx) > t
+        count += np.bincount(mask[cell][hit], minlength=n)
+        computed += cell.size
+        stab[t] = count.astype(np.int64)
+    return Windows(counts, stab[off], stab[-off], computed)
+
+
+def _key(m, x, y, x0, y0, h: int, w: int) -> np.ndarray:
+    """Sort keys of changes: window m, then the change's column-major position in the image."""
+    return m * (np.int64(h) * w + 1) + (x0[m] + x) * h + y0[m] + y

@@ -98,3 +98,17 @@ def test_decode_window_and_points():
     pts = np.array([[x, y] for y in range(30) for x in range(40)])
     assert np.array_equal(rle.contains_points(r, pts), m[pts[:, 1], pts[:, 0]])
     assert not rle.contains_points(r, np.array([[-1, 0], [40, 0], [0, 30], [0, -1]])).any()
+
+
+def test_many_masks_compress_in_one_pass_as_each_alone():
+    import pycocotools.mask as mask_utils
+
+    from fastsam_core.rle import counts_to_strings, string_to_counts
+
+    rng = np.random.default_rng(11)
+    masks = [rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) > rng.random() for _ in range(50)]
+    masks += [np.zeros((3, 5), bool), np.ones((7, 2), bool)]
+    refs = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))["counts"] for m in masks]
+    counts = [string_to_counts(r) for r in refs]
+    assert counts_to_strings(counts) == refs
+    assert counts_to_strings([]) == [] and counts_to_strings([np.zeros(0, np.int64), counts[0]]) == [b"", refs[0]]

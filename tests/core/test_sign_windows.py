@@ -26,33 +26,32 @@ def _source(rng, hs: int, ws: int, kind: str) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["smooth", "noise", "ties", "flat_pos", "flat_neg"])
-def test_a_window_equals_the_dense_resize_thresholded(kind):
+def test_windows_equal_the_dense_resize_thresholded(kind):
     rng = np.random.default_rng(sum(map(ord, kind)))
     computed = total = 0
-    for _ in range(60):
+    for _ in range(40):
         hs, ws = (int(v) for v in rng.integers(1, 120, 2))
         h, w = (max(int(v * rng.uniform(0.3, 25)), 1) for v in (hs, ws))
-        src = _source(rng, hs, ws, kind)
+        n = int(rng.integers(1, 6))
+        src = torch.stack([_source(rng, hs, ws, kind) for _ in range(n)])
         rows, cols = axis_taps(hs, h, 0, h), axis_taps(ws, w, 0, w)
-        y0, y1 = sorted(int(v) for v in rng.integers(0, h + 1, 2))
-        x0, x1 = sorted(int(v) for v in rng.integers(0, w + 1, 2))
+        boxes = []
+        for _ in range(n):  # some empty, some the whole image
+            y0, y1 = sorted(int(v) for v in rng.integers(0, h + 1, 2))
+            x0, x1 = sorted(int(v) for v in rng.integers(0, w + 1, 2))
+            boxes.append((x0, y0, x1, y1) if rng.random() > 0.15 else (0, 0, w, h))
         offset = float(rng.choice([1.0, 0.3, 2.5]))
-        dense = resize_window(src, _take(rows, y0, y1), _take(cols, x0, x1))
-        got = sign_windows.window(
-            Plain(src.numpy()),
-            sign_windows.numpy_taps(rows),
-            sign_windows.numpy_taps(cols),
-            y0,
-            y1,
-            x0,
-            x1,
-            offset,
-            (h, w),
-        )
-        (expected,) = window_counts([dense > 0], [(y0, x0)], (h, w))
-        np.testing.assert_array_equal(got.counts, expected)
-        assert (got.above, got.union) == (int((dense > offset).sum()), int((dense > -offset).sum()))
-        computed, total = computed + got.computed, total + dense.numel()
+        rt, ct = sign_windows.numpy_taps(rows), sign_windows.numpy_taps(cols)
+        grid = Plain(src.numpy())
+        cells = grid.axis_cells(rt.i0, rt.i1, 0), grid.axis_cells(ct.i0, ct.i1, 1)
+        got = sign_windows.windows(grid, rt, ct, *cells, np.array(boxes, np.int64), offset, (h, w))
+        for i, (x0, y0, x1, y1) in enumerate(boxes):
+            dense = resize_window(src[i], _take(rows, y0, y1), _take(cols, x0, x1))
+            (expected,) = window_counts([dense > 0], [(y0, x0)], (h, w))
+            np.testing.assert_array_equal(got.counts[i], expected)
+            assert (got.above[i], got.union[i]) == (int((dense > offset).sum()), int((dense > -offset).sum()))
+            total += dense.numel()
+        computed += got.computed
     if kind.startswith("flat"):
         assert computed == 0  # nothing near a threshold: no pixel is computed
     if kind == "smooth":
@@ -123,13 +122,21 @@ def test_upsampled_grids_give_torchs_values_where_read(shape):
     full = F.interpolate(torch.from_numpy(logits)[None, None], scale_factor=f, mode="bilinear")[0, 0].numpy()
     top, left = int(rng.integers(0, 3 * f)), int(rng.integers(0, 3 * f))
     crop = (top, f * mh - int(rng.integers(0, 3 * f)), left, f * mw - int(rng.integers(0, 3 * f)))
-    up = grids.Upsampled(logits, f, crop, (grids.upsample_taps(mh, f), grids.upsample_taps(mw, f)))
+    up = grids.Upsampled(logits[None], f, crop, (grids.upsample_taps(mh, f), grids.upsample_taps(mw, f)))
     r = rng.integers(0, up.shape[0], 5000)
     c = rng.integers(0, up.shape[1], 5000)
-    np.testing.assert_array_equal(up.points(r, c), full[top + r, left + c])
+    np.testing.assert_array_equal(up.points(np.zeros(5000, np.int64), r, c), full[top + r, left + c])
     rows, cols = np.arange(0, up.shape[0] - 1), np.arange(0, up.shape[1] - 1)
-    lo, hi = up.bounds(rows, cols)
+    cells_r = up.axis_cells(rows, rows + 1, 0)  # cells of an upsampled axis: spans of prototype values
+    cells_c = up.axis_cells(cols, cols + 1, 1)
+    assert cells_r.start.size - 1 < rows.size and (cells_r.hi - cells_r.lo).max() <= 2
+    gr = np.searchsorted(cells_r.start, rows, side="right") - 1
+    gc = np.searchsorted(cells_c.start, cols, side="right") - 1
+    n = np.zeros(rows.size * cols.size, np.int64)
+    R, C = (g.ravel() for g in np.meshgrid(gr, gc, indexing="ij"))
+    lo, hi = (b.reshape(rows.size, cols.size) for b in up.bounds(n, cells_r.lo[R], cells_r.hi[R], cells_c.lo[C],
+                                                                    cells_c.hi[C]))  # fmt: skip
     corners = np.stack([full[top + rows][:, left + cols], full[top + rows + 1][:, left + cols],
                         full[top + rows][:, left + cols + 1], full[top + rows + 1][:, left + cols + 1]])  # fmt: skip
-    slack = 1e-5 * np.abs(corners).max()
+    slack = 1e-5 * np.abs(corners).max()  # the upsampled values' own rounding (the windows' margin covers it)
     assert (lo <= corners.min(0) + slack).all() and (hi >= corners.max(0) - slack).all()
