@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup tools test demo lint format bench bench-pipeline bench-labeler bench-plan bench-export bench-reprompt bench-gpu bench-scale tiny-model
+.PHONY: setup tools test demo lint format bench bench-pipeline bench-segment bench-labeler bench-plan bench-export bench-reprompt bench-gpu bench-scale tiny-model
 
 setup: $(VENV)/.installed
 
@@ -60,6 +60,10 @@ bench: setup
 # about an hour on 2 CPU cores at the default size: BENCH_ARGS="--images 30 --prompt-images 8 --rounds 2" is quicker).
 bench-pipeline: setup
 	$(PY) -m benchmarks.bench_pipeline $(BENCH_ARGS)
+
+# The segment stage on dense photos (0.3-24 MP, 300 masks): forward vs post-processing, dense vs sign windows (~2 min).
+bench-segment: setup
+	$(PY) -m benchmarks.bench_segment $(BENCH_ARGS)
 
 # Labeler throughput on a loopback S3 endpoint: one reader vs read-ahead and batching, in one run.
 bench-labeler: setup

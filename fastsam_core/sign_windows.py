@@ -133,23 +133,39 @@ def windows(
     above_idx = np.where(first_row, 0, np.arange(mask.size) - step)
     below_idx = np.where(last_row, 0, np.arange(mask.size) + step)
 
-    def values(cell: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        """`resize_window`'s values at window pixels (yy, xx) of `cell`: its float32 operations, rows first.
+    # The grid values under the cells that are resolved pixel by pixel (the unsure ones, and the
+    # neighbours whose edge rows they read): each such cell's grid rows x columns, computed once.
+    uc = np.flatnonzero(shaky)
+    needed = np.zeros(mask.size, bool)
+    needed[uc] = True
+    needed[above_idx[uc][~first_row[uc]]] = True
+    needed[below_idx[uc][~last_row[uc]]] = True
+    needed |= unsure[off] | unsure[-off]
+    sel = np.flatnonzero(needed)
+    slot = np.full(mask.size, -1, np.int64)
+    slot[sel] = np.arange(sel.size)
+    sm = mask[sel]
+    g_r0, g_r1 = rows.i0[y0[sm] + ya[sel]], rows.i1[y0[sm] + yb[sel] - 1]  # grid rows the cell's pixels read
+    g_c0, g_c1 = cols.i0[x0[sm] + xa[sel]], cols.i1[x0[sm] + xb[sel] - 1]
+    g_w = g_c1 - g_c0 + 1
+    size = (g_r1 - g_r0 + 1) * g_w
+    owner, local = _expand(size)
+    gy, gx = np.divmod(local, g_w[owner])
+    g_values = grid.points(sm[owner], g_r0[owner] + gy, g_c0[owner] + gx)
+    g_base = np.cumsum(size) - size
 
-        The four grid values under each pixel's taps are read once per distinct (window, taps) pair.
-        """
-        m = mask[cell]
+    def values(cell: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        """`resize_window`'s values at window pixels (yy, xx) of `cell`: its float32 operations, rows first."""
+        k = slot[cell]
+        m = sm[k]
         yi, xi = yy + y0[m], xx + x0[m]
-        if yi.size == 0:
-            return np.zeros(0, np.float32)
-        key = (m * (rows.i0[-1] + 1) + rows.i0[yi]) * np.int64(cols.i0[-1] + 1) + cols.i0[xi]  # same taps: same values
-        _, first, which = np.unique(key, return_index=True, return_inverse=True)
-        dm, dy, dx = m[first], yi[first], xi[first]
-        r0, r1, c0, c1 = rows.i0[dy], rows.i1[dy], cols.i0[dx], cols.i1[dx]
-        v = grid.points(np.tile(dm, 4), np.concatenate([r0, r1, r0, r1]), np.concatenate([c0, c0, c1, c1]))
-        c = v.reshape(4, -1)[:, which]
+        base, width = g_base[k], g_w[k]
+        r0, r1 = (rows.i0[yi] - g_r0[k]) * width + base, (rows.i1[yi] - g_r0[k]) * width + base
+        c0, c1 = cols.i0[xi] - g_c0[k], cols.i1[xi] - g_c0[k]
         w0y, w1y, w0x, w1x = rows.w0[yi], rows.w1[yi], cols.w0[xi], cols.w1[xi]
-        return (c[0] * w0y + c[1] * w1y) * w0x + (c[2] * w0y + c[3] * w1y) * w1x
+        left = g_values[r0 + c0] * w0y + g_values[r1 + c0] * w1y
+        right = g_values[r0 + c1] * w0y + g_values[r1 + c1] * w1y
+        return left * w0x + right * w1x
 
     # -- changes down each column at edges between sure cells (and the windows' edges), per cell column
     upper = np.where(first_row, False, sure[above_idx])
@@ -160,7 +176,6 @@ def windows(
     owner, dx = _expand(xb[edge_cells] - xa[edge_cells])
     sure_key = _key(mask[edge_cells][owner], xa[edge_cells][owner] + dx, edge_y[owner], x0, y0, h, w)
     # -- unsure cells pixel by pixel, with the row above and the row below, so their edges are resolved
-    uc = np.flatnonzero(shaky)
     owner, local = _expand((yb[uc] - ya[uc] + 2) * (xb[uc] - xa[uc]))
     dx, dy = np.divmod(local, (yb[uc] - ya[uc] + 2)[owner])
     cell, yy, xx = uc[owner], ya[uc][owner] - 1 + dy, xa[uc][owner] + dx
