@@ -24,7 +24,6 @@ from schemas.errors import (
     RunDamagedError,
     RunNotCommittedError,
     RunNotFoundError,
-    StoreError,
     TableError,
 )
 from schemas.fingerprint import InputHashes, differences, fingerprint
@@ -33,9 +32,9 @@ from schemas.job_file import parse_job
 from schemas.layout import RunLayout
 from schemas.manifest import Plan, RunManifest, ShardState
 from schemas.tables import ATTEMPT_KEY, RUN_KEY, SHARD_KEY, ImageStatus
-from workers.runs.summaries import ShardStates
+from workers.runs.summaries import ShardStates, published_footer
 from workers.storage import ObjectStore, open_store
-from workers.storage.files import footer, read_parquet
+from workers.storage.files import read_parquet
 
 
 def check_footer(
@@ -188,16 +187,16 @@ class CommittedRun:
         for state in self.states:
             for name in self.tables:
                 key = self.layout.table(name, state.shard_id)
-                where = self.output.uri_of(key)
-                try:
-                    meta, n = footer(self.output, key)
-                except ObjectNotFoundError:
-                    raise RunDamagedError(f"{where} is missing: {DAMAGED_FIX}") from None
-                except StoreError:
-                    raise
-                except (TableError, pa.ArrowException, OSError) as e:
-                    raise RunDamagedError(f"{where} is not a readable Parquet file ({e}): {DAMAGED_FIX}") from None
-                check_footer(where, meta, n, self.layout, state.shard_id, state.attempt_id, table_rows(state, name))
+                meta, n = published_footer(self.output, key)
+                check_footer(
+                    self.output.uri_of(key),
+                    meta,
+                    n,
+                    self.layout,
+                    state.shard_id,
+                    state.attempt_id,
+                    table_rows(state, name),
+                )
 
     def table(self, name: str, state: ShardState) -> pa.Table:
         """One shard's published table, checked against the manifest (shards.read_shard_table)."""

@@ -43,6 +43,23 @@ def _damaged(what: str) -> RunDamagedError:
     return RunDamagedError(f"{what}: {DAMAGED_FIX}")
 
 
+def published_footer(output: ObjectStore, key: str) -> tuple[dict[bytes, bytes], int]:
+    """(the footer's key-value metadata, the number of rows) of a file a committed run published.
+
+    Raises:
+        RunDamagedError: the file is missing or is not a readable Parquet file.
+        StoreError: the store could not be read (not damage: the caller retries or reports it).
+    """
+    try:
+        return footer(output, key)
+    except ObjectNotFoundError:
+        raise _damaged(f"{output.uri_of(key)} is missing") from None
+    except StoreError:
+        raise
+    except (TableError, pa.ArrowException, OSError) as e:
+        raise _damaged(f"{output.uri_of(key)} is not a readable Parquet file ({e})") from None
+
+
 #: Shards per row group: what a reader parses at a time.
 ROW_GROUP = 1024
 
@@ -140,14 +157,7 @@ class ShardStates:
         where = output.uri_of(key)
         if manifest.summaries != key:
             raise _damaged(f"{output.uri_of(layout.manifest)} names {manifest.summaries!r}, not {key!r}")
-        try:
-            meta, rows = footer(output, key)
-        except ObjectNotFoundError:
-            raise _damaged(f"{where} is missing") from None
-        except StoreError:
-            raise
-        except (TableError, pa.ArrowException, OSError) as e:
-            raise _damaged(f"{where} is not a readable Parquet file ({e})") from None
+        meta, rows = published_footer(output, key)
         found = meta.get(RUN_KEY, b"?").decode()
         if found != layout.run_id or rows != shards:
             raise _damaged(
