@@ -105,6 +105,47 @@ class ClipEmbedder:
         self.chunk_size = chunk_size
         self.dim = int(self.model.visual.output_dim)
         self._text_cache: dict[tuple[str, ...], np.ndarray] = {}
+        self.arch = arch
+        self.onnx = None  # fastsam_core.onnx_clip.OnnxClip once `use_onnxruntime` ran
+
+    @property
+    def runtime(self) -> str:
+        """What runs the towers: "torch" or "onnxruntime"."""
+        return "torch" if self.onnx is None else "onnxruntime"
+
+    def use_onnxruntime(self, cache_dir: str | Path, threads: int | None = None) -> ClipEmbedder:
+        """Run both towers on ONNX Runtime from now on, exported into `cache_dir` on first use.
+
+        Exports are named by the weights' sha256 (random weights: by the hash of their values). The
+        torch model is released once the sessions are open (`model` becomes None), so the weights
+        are held once.
+
+        Args:
+            cache_dir: folder of exports.
+            threads: CPU threads of each session; None = ONNX Runtime's default.
+
+        Raises:
+            ValueError: the model runs in float16 (the exports are float32).
+        """
+        from fastsam_core.onnx_clip import OnnxClip, weights_id
+
+        if self.half:
+            raise ValueError("the onnxruntime runtime runs float32; set half to false or use the torch runtime")
+        size = self.model.visual.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        self.onnx = OnnxClip(
+            self.model,
+            self.arch,
+            self.sha256 or weights_id(self.model),
+            cache_dir,
+            size,
+            int(self.model.context_length),
+            self.device,
+            threads,
+        )
+        self._text_cache.clear()
+        self.model = None  # the sessions hold the weights now: do not keep a second copy
+        return self
 
     def embed_images(self, crops: Iterable[np.ndarray]) -> np.ndarray:
         """See `Embedder.embed_images`.
@@ -124,6 +165,8 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> np.ndarray:
+        if self.onnx is not None:
+            return self.onnx.encode_image(x)
         x = x.to(self.device, torch.float16 if self.half else torch.float32)
         return self.model.encode_image(x, normalize=True).float().cpu().numpy()
 
@@ -141,6 +184,10 @@ class ClipEmbedder:
         """See `Embedder.embed_texts`; computed once per distinct prompt list."""
         key = tuple(texts)
         if key not in self._text_cache:
-            tokens = self.tokenizer(list(texts)).to(self.device)
+            tokens = self.tokenizer(list(texts))
+            if self.onnx is not None:
+                self._text_cache[key] = self.onnx.encode_text(tokens)
+                return self._text_cache[key]
+            tokens = tokens.to(self.device)
             self._text_cache[key] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
         return self._text_cache[key]

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,42 +49,96 @@ class _Outputs(torch.nn.Module):
         return preds, protos
 
 
+def export_module(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: str | Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> Path:
+    """Export `module` (eval mode) with the TorchScript exporter at `OPSET` to `path`, atomically.
+
+    The file is written beside `path` and renamed into place, so a reader sees a whole export or none.
+    The tracer's warnings (shapes it records as constants, opset notes) are silenced: the exports
+    are checked against torch by the tests, and a first run on a new machine should not print pages.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module.eval(),
+                example,
+                tmp,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=dynamic_axes,
+            )
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
 def export_onnx(net: torch.nn.Module, path: str | Path, imgsz: int = 640) -> Path:
     """Export an ultralytics segmentation network (float32, eval mode) to `path`, atomically.
 
     The detection head is switched to dynamic anchors for the export (so any input size works)
     and restored afterwards.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     head = net.model[-1]
     before = head.dynamic
     head.dynamic = True
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
     try:
-        wrapped = _Outputs(net).eval()
         dummy = torch.zeros(1, 3, imgsz, imgsz, device=next(net.parameters()).device)
-        torch.onnx.export(
-            wrapped,
+        return export_module(
+            _Outputs(net),
             (dummy.float(),),
-            tmp,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["images"],
-            output_names=["preds", "protos"],
-            dynamic_axes={
+            path,
+            ["images"],
+            ["preds", "protos"],
+            {
                 "images": {0: "batch", 2: "height", 3: "width"},
                 "preds": {0: "batch", 2: "anchors"},
                 "protos": {0: "batch", 2: "proto_height", 3: "proto_width"},
             },
         )
-        os.replace(tmp, path)
     finally:
         head.dynamic = before
         net.eval()
-        Path(tmp).unlink(missing_ok=True)
-    return path
+
+
+def open_session(path: str | Path, device: torch.device, threads: int | None = None):
+    """An ONNX Runtime session of `path` and its execution providers, best first.
+
+    Args:
+        path: an exported network.
+        device: a GPU selects the TensorRT and CUDA providers where installed; the CPU provider always follows.
+        threads: intra-op threads on the CPU; None = ONNX Runtime's default (all cores).
+
+    Returns:
+        (onnxruntime.InferenceSession, list of provider names).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Threads that spin between runs would take cores from decoding and CLIP in the same process.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    wanted = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *wanted]
+    available = set(ort.get_available_providers())
+    providers = [p for p in wanted if p in available]
+    return ort.InferenceSession(str(path), opts, providers=providers), providers
 
 
 class OnnxNetwork:
@@ -102,22 +157,9 @@ class OnnxNetwork:
             device: where results go (and, for a GPU, where the CUDA/TensorRT providers run).
             threads: intra-op threads on the CPU; None = ONNX Runtime's default (all cores).
         """
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.device = device
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        # Threads that spin between runs would take cores from decoding and CLIP in the same process.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        wanted = ["CPUExecutionProvider"]
-        if device.type == "cuda":
-            wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", *wanted]
-        available = set(ort.get_available_providers())
-        self.providers = [p for p in wanted if p in available]
-        self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+        self.session, self.providers = open_session(self.path, device, threads)
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The preds and protos for a (B, 3, H, W) float batch in [0, 1], as tensors on `device`."""

@@ -60,6 +60,7 @@ def fingerprint(job: Job, hashes: InputHashes) -> dict[str, Any]:
         "clip.arch": c.arch if clip_used else None,
         "clip.sha256": hashes.clip if clip_used else None,
         "clip.min_area": c.min_area if clip_used else None,
+        **({"clip.runtime": c.runtime} if clip_used and c.runtime != "torch" and c.arch != "color-words" else {}),
         **({"clip.max_masks": c.max_masks} if clip_used and c.max_masks is not None else {}),
         **({"clip.keep_embeddings": True, "clip.embedding_dtype": c.embedding_dtype} if c.keep_embeddings else {}),
         "prompts": list(job.prompts),

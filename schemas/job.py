@@ -206,6 +206,9 @@ class ClipSpec(_Spec):
             image. CLIP runs even without prompts when this is set.
         embedding_dtype: how the embeddings are stored: "float16" (half the size; cosines within
             about 1e-3 of float32's: docs/benchmarks.md) or "float32" (exact).
+        runtime: what runs the image and text towers: "torch", "onnxruntime" (float32, exported from
+            the verified weights once per machine into the weights cache), or "auto": onnxruntime on
+            the CPU, torch on CUDA or with `model.half`. The device and precision follow `model`'s.
     """
 
     arch: str = "ViT-B-32"
@@ -217,6 +220,7 @@ class ClipSpec(_Spec):
     max_masks: int | None = Field(None, ge=1)
     keep_embeddings: bool = False
     embedding_dtype: Literal["float16", "float32"] = "float16"
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
 
 
 class SelectionSpec(_Spec):
@@ -396,6 +400,11 @@ class Job(_Spec):
             raise ValueError(
                 f"clip.weights is required to score prompts or keep embeddings with {self.clip.arch}: give a path "
                 "or s3:// URI and clip.sha256, or set clip.arch to color-words (the offline stand-in)"
+            )
+        if self.clip.runtime == "onnxruntime" and self.model.half:
+            raise ValueError(
+                "clip.runtime onnxruntime runs float32, but model.half asks for float16; set model.half: false "
+                "or clip.runtime: torch"
             )
         if (
             self.model.checkpoint

@@ -29,6 +29,11 @@ def test_defaults_and_frozen():
         ),
         ({"model": {"runtime": "onnxruntime", "half": True}}, pytest.raises(JobError, match=r"model: half is not")),
         ({"model": {"runtime": "tensorrt"}}, pytest.raises(JobError, match=r"model\.runtime: .*'torch' or 'onnx")),
+        (
+            {"model": {"half": True}, "clip": {"runtime": "onnxruntime"}},
+            pytest.raises(JobError, match=r"clip\.runtime onnxruntime runs float32, but model\.half asks"),
+        ),
+        ({"clip": {"runtime": "openvino"}}, pytest.raises(JobError, match=r"clip\.runtime: .*'torch' or 'onnx")),
         ({"model": {"conf": 0}}, pytest.raises(JobError, match=r"model\.conf: conf must be in \(0, 1\], but got 0")),
         ({"model": {"sha256": "abc"}}, pytest.raises(JobError, match=r"model\.sha256: .*64 hex digits.*sha256sum")),
         ({"model": {"sha256": 1234}}, pytest.raises(JobError, match=r"model\.sha256: .*quote it in YAML")),
@@ -235,6 +240,24 @@ def test_the_runtime_auto_resolves_by_device(model, runtime):
     job = parse_job({**BASE, "model": model}, environ={})
     assert job.model.runtime == model.get("runtime", "auto")
     assert resolve_runtime(job.model) == runtime
+
+
+@pytest.mark.parametrize(
+    "model, clip, runtime",
+    [
+        ({}, {}, "onnxruntime"),
+        ({"half": True}, {}, "torch"),  # CLIP follows the model's precision
+        ({"device": "cuda"}, {}, "torch"),
+        ({}, {"runtime": "torch"}, "torch"),
+        ({"runtime": "torch"}, {}, "onnxruntime"),  # each network has its own runtime
+        ({"device": "cuda"}, {"runtime": "onnxruntime"}, "onnxruntime"),
+    ],
+)
+def test_clip_runtime_auto_resolves_by_the_models_device(model, clip, runtime):
+    from workers.labelling.stack import resolve_runtime
+
+    job = parse_job({**BASE, "model": model, "clip": clip}, environ={})
+    assert resolve_runtime(job.model, job.clip.runtime) == runtime
 
 
 def test_a_default_job_runs_onnxruntime_on_the_cpu(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ use it, so they run with the same defaults, ranges and rules.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,8 @@ from fastsam_core.prompts import with_labels
 from fastsam_core.scoring import score_images
 from schemas.job import ClipSpec, Job, ModelSpec, SelectionSpec, StorageSpec
 from workers.storage.weights import cache_dir, resolve_weights
+
+log = logging.getLogger(__name__)
 
 
 def machine_cpus() -> int:
@@ -159,7 +162,7 @@ def build_stack(
         max_det=model.max_det,
         retina=model.retina,
     )
-    embedder = embedder_for(clip, model, storage) if prompts or keep_embeddings else None
+    embedder = embedder_for(clip, model, storage, threads) if prompts or keep_embeddings else None
     return ModelStack(
         segmenter=Segmenter(net, params),
         embedder=embedder,
@@ -173,14 +176,16 @@ def build_stack(
     )
 
 
-def resolve_runtime(model: ModelSpec) -> str:
-    """What runs the network on this machine: "torch" or "onnxruntime".
+def resolve_runtime(model: ModelSpec, asked: str | None = None) -> str:
+    """What runs a network on this machine: "torch" or "onnxruntime".
 
-    `model.runtime`, with "auto" made "onnxruntime" on the CPU and "torch" on CUDA or when
-    `model.half` asks for float16.
+    `asked` (default `model.runtime`), with "auto" made "onnxruntime" on the CPU and "torch" on CUDA
+    or when `model.half` asks for float16. CLIP passes its own `clip.runtime` and follows `model`'s
+    device and precision.
     """
-    if model.runtime != "auto":
-        return model.runtime
+    asked = asked or model.runtime
+    if asked != "auto":
+        return asked
     return "torch" if model.half or pick_device(model.device).type != "cpu" else "onnxruntime"
 
 
@@ -213,8 +218,18 @@ def embedding_dim(clip: ClipSpec) -> int:
     return int(open_clip.get_model_config(clip.arch)["embed_dim"])
 
 
-def embedder_for(clip: ClipSpec, model: ModelSpec, storage: StorageSpec) -> Embedder:
-    """The verified embedder `clip` names (the device and precision follow `model`'s)."""
+def embedder_for(clip: ClipSpec, model: ModelSpec, storage: StorageSpec, threads: int | None = None) -> Embedder:
+    """The verified embedder `clip` names (the device and precision follow `model`'s).
+
+    With `clip.runtime: auto` resolved to onnxruntime, an export that fails leaves the embedder on
+    torch (logged); with `clip.runtime: onnxruntime` it raises.
+
+    Args:
+        clip: the embedder's architecture, weights and runtime.
+        model: whose device and precision it follows.
+        storage: how to reach s3:// weights.
+        threads: CPU threads of its ONNX Runtime sessions (`clip.runtime`); None = all cores.
+    """
     if clip.arch == "color-words":
         from fastsam_core.color_words import ColorWordEmbedder
 
@@ -222,12 +237,25 @@ def embedder_for(clip: ClipSpec, model: ModelSpec, storage: StorageSpec) -> Embe
     from fastsam_core import ClipEmbedder
 
     weights = resolve_weights(clip.weights, clip.sha256, clip.allow_unpinned, storage)
-    return ClipEmbedder(
+    runtime = resolve_runtime(model, clip.runtime)
+    embedder = ClipEmbedder(
         clip.arch,
         weights,
         sha256=clip.sha256,
         allow_unpinned=clip.allow_unpinned,
         device=model.device,
-        half=model.half,
+        half=model.half if runtime == "torch" else False,
         chunk_size=clip.batch_size,
     )
+    if runtime == "torch":
+        return embedder
+    try:
+        return embedder.use_onnxruntime(cache_dir() / "onnx", threads)
+    except Exception as e:
+        if clip.runtime != "auto":
+            raise
+        # An architecture ONNX cannot export still labels, on torch (same embeddings to ~1e-6).
+        log.warning(
+            "CLIP %s runs on torch: its ONNX export failed (%s); set clip.runtime: torch to skip it", clip.arch, e
+        )
+        return embedder
