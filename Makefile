@@ -57,7 +57,8 @@ bench: setup
 	$(PY) -m benchmarks.bench_everything
 
 # The whole pipeline against the ultralytics loop people write today, interleaved rounds (see docs/benchmarks.md;
-# about an hour on 2 CPU cores at the default size: BENCH_ARGS="--images 30 --prompt-images 8 --rounds 2" is quicker).
+# about an hour on 2 CPU cores at the default size: BENCH_ARGS="--images 30 --prompt-images 8 --rounds 2" is quicker;
+# BENCH_ARGS="--preset dense": ~300 masks per image on 0.3-12 MP photos, segment split into forward and the rest).
 bench-pipeline: setup
 	$(PY) -m benchmarks.bench_pipeline $(BENCH_ARGS)
 

@@ -1,7 +1,13 @@
 """End to end, in one run: the loop people write today against `fastsam-label run`, interleaved rounds.
 
-    python -m benchmarks.bench_pipeline [--images 100] [--prompt-images 100] [--rounds 3] [--scale s]
-                                   [--imgsz 1024] [--runtimes torch,onnxruntime] [--json out.json]
+    python -m benchmarks.bench_pipeline [--preset default|dense] [--images 100] [--prompt-images 100]
+                                   [--rounds 3] [--scale s] [--imgsz 1024] [--runtimes torch,onnxruntime]
+                                   [--json out.json]
+
+`--preset dense` is everything mode as real photos give it: about 300 masks per image (`--max-det
+300`, `--conf 0.02`), photos of 0.3-12 MP (`DENSE_SIZES`, one 12 MP camera frame among them),
+onnxruntime only, two rounds, without the large-image and orchestration parts; per image it splits
+the segment stage into the forward pass and the rest. Any flag still overrides the preset.
 
 The collection: the photos that ship in installed packages (ultralytics' bus and zidane,
 matplotlib's grace_hopper) plus generated scenes of mixed sizes, as JPEG. The model: a one-class
@@ -44,6 +50,16 @@ import numpy as np
 PROMPTS = ["a person", "a bus", "a red shape"]
 SIZES = [(480, 640), (720, 1280), (1024, 768), (600, 800), (1080, 1920), (375, 500), (900, 1200)]
 CLIP_ARCH = "ViT-B-32"
+#: Generated photo sizes of the dense preset (H, W): phone, HD, 3 MP and one 12 MP camera frame.
+DENSE_SIZES = [(480, 640), (768, 1024), (1080, 1920), (1536, 2048), (720, 1280), (3024, 4032), (600, 800)]
+#: Flag defaults per preset (flags given on the command line win).
+PRESETS = {
+    "default": {},
+    "dense": {
+        "images": 10, "prompt_images": 3, "rounds": 2, "conf": 0.02, "max_det": 300, "runtimes": "onnxruntime",
+        "big": False, "overhead": False, "naive_memory_cap_mb": 20_000,
+    },
+}  # fmt: skip
 
 
 # -- the collection -------------------------------------------------------------------------------
@@ -59,8 +75,8 @@ def shipped_photos() -> list[Path]:
     return [p for p in found if p.is_file()]
 
 
-def write_collection(folder: Path, n: int) -> list[Path]:
-    """n JPEGs in `folder`: the shipped photos first, then generated scenes of mixed sizes."""
+def write_collection(folder: Path, n: int, sizes: list[tuple[int, int]] = SIZES) -> list[Path]:
+    """n JPEGs in `folder`: the shipped photos first, then generated scenes of `sizes` in turn."""
     from PIL import Image
 
     from fastsam_core.testing.synthetic import make_scene
@@ -72,7 +88,7 @@ def write_collection(folder: Path, n: int) -> list[Path]:
         out[-1].write_bytes(p.read_bytes())
     rng = np.random.default_rng(0)
     for i in range(len(out), n):
-        h, w = SIZES[i % len(SIZES)]
+        h, w = sizes[i % len(sizes)]
         img, _ = make_scene(rng, h, w, n_shapes=(8, 16))
         out.append(folder / f"{i:04d}-scene.jpg")
         Image.fromarray(img).save(out[-1], "JPEG", quality=90)
@@ -320,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         (naive if argv[0] == "naive" else forward_only)(a)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="default")
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--prompt-images", type=int, default=100, help="images of the run with prompts (0: none)")
     ap.add_argument("--rounds", type=int, default=3)
@@ -336,7 +353,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="stop the naive loop on the large image past this RSS (it needs ~22 GB)")  # fmt: skip
     ap.add_argument("--overhead", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure per-shard orchestration cost and 1 against 2 actors")  # fmt: skip
+    ap.set_defaults(**PRESETS[ap.parse_known_args(argv)[0].preset])
     args = ap.parse_args(argv)
+    sizes = DENSE_SIZES if args.preset == "dense" else SIZES
 
     import open_clip
     import torch
@@ -354,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     env["FASTSAM_LABEL_CACHE"] = str(work / "cache")
     os.environ.update({k: env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")})
-    ckpt = make_random_checkpoint(work / f"fastsam-{args.scale}-random.pt", scale=args.scale)
+    calibrate = args.imgsz if args.preset == "dense" else 320  # (the dense preset's masks as bench_segment's)
+    ckpt = make_random_checkpoint(work / f"fastsam-{args.scale}-random.pt", imgsz=calibrate, scale=args.scale)
     sha = sha256_file(ckpt)
     torch.manual_seed(0)
     clip_path = work / "clip-vit-b-32-random.pt"
@@ -366,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     dirs = {}
     for name, n in sets.items():
         if n:
-            files = write_collection(work / name, n) if name != "one" else write_collection(work / "one", 1)
+            files = write_collection(work / name, n, sizes) if name != "one" else write_collection(work / "one", 1)
             dirs[name] = work / name
             for f in files:
                 client.put_object(Bucket="bench", Key=f"{name}/{f.name}", Body=f.read_bytes())
@@ -389,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
                     cmd = [py, "-m", "benchmarks.bench_pipeline", "naive", "--dir", str(dirs[name]),
                            "--out", str(work / "naive.jsonl"), *common]  # fmt: skip
                     cmd += ["--clip", str(with_clip[0])] if with_clip else []
-                    wall, out, mem = run_sampled(cmd, env)
+                    wall, out, mem = run_sampled(cmd, env, kill_above_mb=args.naive_memory_cap_mb)
                     got = json.loads(out.strip().splitlines()[-1]) | {"wall_s": wall, **mem}
                 else:
                     rt = v.split()[1]
@@ -522,10 +542,15 @@ def report(results: dict) -> None:
             print(f"    stages (s, summed over images): {stages}; flow {flow:.1f} s; "
                   f"outside the flow (CLI, Prefect server, preflight) {wall - flow:.1f} s")  # fmt: skip
             print(f"    network forward alone (same inputs): {fwd:.1f} s = {fwd / wall:.0%} of wall")
+            seg, seg_fwd = stages.get("segment", 0.0), f["segment_forward_s"]
+            print(f"    segment stage per image: {seg / n:.3f} s = forward {seg_fwd / n:.3f} s + the rest "
+                  f"{(seg - seg_fwd) / n:.3f} s (rest / forward {(seg - seg_fwd) / seg_fwd:.2f}, "
+                  f"segment / forward {seg / seg_fwd:.2f})")  # fmt: skip
             if f["clip_forward_s"]:
                 score = stages.get("score", 0.0)
                 print(f"    CLIP: scoring stage {score:.1f} s vs open_clip raw forward {f['clip_forward_s']:.1f} s "
-                      f"for {f['crops']} crops: x{score / f['clip_forward_s']:.2f}")  # fmt: skip
+                      f"for {f['crops']} crops: x{score / f['clip_forward_s']:.2f} ({f['crops'] / score:.1f} vs "
+                      f"{f['crops'] / f['clip_forward_s']:.1f} crops/s)")  # fmt: skip
         peaks = {k: max(r["peak_rss_mb"].get(k, 0) for r in rows) for k in rows[0]["peak_rss_mb"]}
         print(f"    peak RSS MB by process: {peaks}; whole tree {max(r['peak_tree_mb'] for r in rows)}")
     big = results.get("big")

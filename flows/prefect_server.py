@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from schemas.errors import PrefectServerError
@@ -36,12 +36,17 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def temporary_server(timeout_s: float = 60.0) -> Iterator[str | None]:
+def temporary_server(timeout_s: float = 60.0, while_starting: Callable[[], None] | None = None) -> Iterator[str | None]:
     """A Prefect API server on 127.0.0.1 for the block, when none is configured; yields its API URL.
 
     The server process starts at once; the URL is yielded after it answers /api/health, with
     `PREFECT_API_URL` set to it for the block. With an API already configured (`PREFECT_API_URL`,
     or ephemeral servers disabled) nothing starts and None is yielded.
+
+    Args:
+        timeout_s: how long the server may take to answer.
+        while_starting: work for this thread while the first server process starts (imports),
+            called once, before the health check (or at once when nothing starts).
 
     Raises:
         PrefectServerError: the server exited or did not answer within `timeout_s`.
@@ -49,6 +54,8 @@ def temporary_server(timeout_s: float = 60.0) -> Iterator[str | None]:
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        if while_starting is not None:
+            while_starting()
         yield None
         return
     with _startup_lock():  # two servers migrating one new database at once break it (no such table ...)
@@ -57,6 +64,9 @@ def temporary_server(timeout_s: float = 60.0) -> Iterator[str | None]:
             proc = _start(port)
             url = f"http://127.0.0.1:{port}/api"
             try:
+                if while_starting is not None:
+                    while_starting, work = None, while_starting
+                    work()
                 _wait_healthy(proc, url, timeout_s)
                 break
             except PrefectServerError:

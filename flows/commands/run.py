@@ -52,12 +52,9 @@ def exit_code(summary: dict) -> int:
 def run_job(job: Job, run_id: str | None, incremental: bool | str, debug: bool = False) -> tuple[int, dict | None]:
     """Prepare the run, run the flow with a progress bar, print the summary; the exit code and the summary."""
     offline()
-    from flows.label import label_collection
     from workers.ray import reaper
     from workers.ray.pool import PoolStart
 
-    if not debug:
-        quiet_logs()
     prepared = prepare(job, run_id)
     layout, output = prepared.layout, prepared.output
     print(f"run {layout.run_id}: labelling {job.source.uri} -> {job.output} (resume with --run-id {layout.run_id})")
@@ -68,7 +65,12 @@ def run_job(job: Job, run_id: str | None, incremental: bool | str, debug: bool =
         # Whatever this starts is stopped when this process ends, even by SIGKILL (workers.ray.reaper).
         with reaper.watch(), contextlib.ExitStack() as stack:
             pool = None if runs.is_committed(output, layout) else stack.enter_context(PoolStart(prepared.job))
-            stack.enter_context(temporary_server())  # the actors load their models while it starts
+            # While Ray starts: Prefect's server process, then the flow's imports, then its health check.
+            stack.enter_context(temporary_server(while_starting=_import_flow))
+            if not debug:
+                quiet_logs()
+            from flows.label import label_collection
+
             stack.enter_context(_progress(output, layout))
             summary = label_collection(prepared=prepared, incremental=incremental, pool=pool)
     except RunFailedError as e:
@@ -78,6 +80,11 @@ def run_job(job: Job, run_id: str | None, incremental: bool | str, debug: bool =
         return RunFailedError.exit_code, None
     print(json.dumps(summary, indent=2))
     return exit_code(summary), summary
+
+
+def _import_flow() -> None:
+    """Import the flow (Prefect's client side, about 1 s of CPU) while its server starts."""
+    import flows.label  # noqa: F401
 
 
 @contextlib.contextmanager

@@ -87,3 +87,26 @@ def test_a_slow_batch_keeps_every_image(monkeypatch):
     ours = nms.non_max_suppression(pred.clone(), 0.05, 0.9, 100, 1)
     for i in range(3):
         assert torch.equal(ours[i], _theirs(pred[i : i + 1], 0.05, 0.9, 100, 1)[0])
+
+
+def test_the_kernel_loads_without_importing_torchvision():
+    """The actor's first image does not wait for torchvision's import (it pulls in torch._dynamo)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from fastsam_core import nms\n"
+        "b = torch.tensor([[0., 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])\n"
+        "print(nms.nms_kernel()(b, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist(), 'torchvision' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[-2] == "[0, 2] False"
+
+
+def test_the_kernel_is_torchvisions():
+    pred = _predictions(3, 1, 4000, 1)[0]
+    boxes, scores = pred[:4].T.contiguous(), pred[4].contiguous()
+    boxes = torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], 1)
+    for iou in (0.3, 0.7, 0.9):
+        assert torch.equal(nms.nms_kernel()(boxes, scores, iou), torchvision.ops.nms(boxes, scores, iou))

@@ -92,9 +92,19 @@ def test_a_temporary_server_whose_port_was_taken_starts_on_another(monkeypatch):
     monkeypatch.setattr(prefect_server, "_free_port", lambda: ports.pop() if ports else real())
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     try:
-        with prefect_server.temporary_server() as url:
+        calls = []
+        with prefect_server.temporary_server(while_starting=lambda: calls.append(1)) as url:
+            assert calls == [1]  # once, though the first server process failed
             assert url is not None and f":{taken}/" not in url
             with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
                 assert r.status == 200
     finally:
         squatter.close()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    calls = []
+    with (
+        temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}),  # configured: nothing starts
+        prefect_server.temporary_server(while_starting=lambda: calls.append(1)) as url,
+    ):
+        assert url is None and calls == [1]

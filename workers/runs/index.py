@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 #: Index files that trigger a compaction at commit.
 COMPACT_AT = 16
 
-_RETRY_LATER = pa.array([s.value for s in ImageStatus if s.retry_later])
-_EMPTY = INDEX_SCHEMA.empty_table()
+#: Statuses an incremental run tries again. A list, not an array: pa.array of Python objects at
+#: import would import pandas (0.3 s of every CLI run before Ray starts), as would an empty table.
+_RETRY_LATER = [s.value for s in ImageStatus if s.retry_later]
 
 
 #: `classify`'s kinds of listed object.
@@ -66,7 +67,8 @@ def rows_of(images: pa.Table, run_id: str, labelling: str) -> pa.Table:
         run_id: the run that made them.
         labelling: its labelling fingerprint id (`schemas.fingerprint.labelling_id`).
     """
-    keep = pc.and_(pc.invert(pc.is_in(images["status"], value_set=_RETRY_LATER)), pc.is_valid(images["etag"]))
+    retry = pc.is_in(images["status"], value_set=pa.array(_RETRY_LATER, pa.string()))
+    keep = pc.and_(pc.invert(retry), pc.is_valid(images["etag"]))
     t = images.filter(keep)
     n = t.num_rows
     return pa.table(
@@ -193,7 +195,7 @@ def load(output: ObjectStore) -> pa.Table:
     """
     with tempfile.TemporaryDirectory(prefix="fastsam-index-") as tmp:
         files = local_copy(output, Path(tmp))
-        return pa.concat_tables([_EMPTY, *(pq.read_table(p).cast(INDEX_SCHEMA) for p in files)])
+        return pa.concat_tables([INDEX_SCHEMA.empty_table(), *(pq.read_table(p).cast(INDEX_SCHEMA) for p in files)])
 
 
 def uris(source: ObjectStore, keys: pa.ChunkedArray | pa.Array, chunk: int = 100_000) -> pa.ChunkedArray:
