@@ -11,13 +11,12 @@ the actors of one machine share one export. Outputs are unit vectors, like
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastsam_core.onnx_net import export_module, export_settings, open_session
+from fastsam_core.onnx_net import export_module, open_session, settings_key
 
 TOWERS = ("image", "text")
 
@@ -33,8 +32,7 @@ def weights_id(model: torch.nn.Module) -> str:
 
 def tower_path(cache_dir: str | Path, arch: str, sha256: str, tower: str) -> Path:
     """Where the export of one tower (`TOWERS`) of `arch` with weights `sha256` lives in `cache_dir`."""
-    key = hashlib.sha256(json.dumps(export_settings(), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"clip-{arch}-{sha256}-{key}-{tower}.onnx"
+    return Path(cache_dir) / f"clip-{arch}-{sha256}-{settings_key()}-{tower}.onnx"
 
 
 class _Image(torch.nn.Module):

@@ -30,10 +30,14 @@ def export_settings() -> dict:
     return {"opset": OPSET, "dynamic": True, "exporter": "torchscript", "torch": torch.__version__.split("+")[0]}
 
 
+def settings_key() -> str:
+    """12 hex digits naming `export_settings()` in an export's file name."""
+    return hashlib.sha256(json.dumps(export_settings(), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def onnx_path(cache_dir: str | Path, sha256: str) -> Path:
     """Where the export of the checkpoint with hash `sha256` lives in `cache_dir`."""
-    key = hashlib.sha256(json.dumps(export_settings(), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"fastsam-{sha256}-{key}.onnx"
+    return Path(cache_dir) / f"fastsam-{sha256}-{settings_key()}.onnx"
 
 
 class _Outputs(torch.nn.Module):
