@@ -187,7 +187,7 @@ class ClipEmbedder:
             tokens = self.tokenizer(list(texts))
             if self.onnx is not None:
                 self._text_cache[key] = self.onnx.encode_text(tokens)
-                return self._text_cache[key]
-            tokens = tokens.to(self.device)
-            self._text_cache[key] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
+            else:
+                tokens = tokens.to(self.device)
+                self._text_cache[key] = self.model.encode_text(tokens, normalize=True).float().cpu().numpy()
         return self._text_cache[key]

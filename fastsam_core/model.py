@@ -134,13 +134,7 @@ class FastSAMModel:
         if self.half:
             raise ValueError("the onnxruntime runtime runs float32; set half to false or use the torch runtime")
         path = onnx_path(cache_dir, self.sha256)
-        if not path.is_file():
-            export_onnx(self.net, path)
-        try:
-            session = OnnxNetwork(path, self.device, threads)
-        except Exception:  # an unreadable export (a disk fault, a foreign file): make it again, once
-            export_onnx(self.net, path)
-            session = OnnxNetwork(path, self.device, threads)
+        session = OnnxNetwork(path, self.device, threads, export=lambda p: export_onnx(self.net, p))
         return replace(self, onnx=session)
 
     def warmup(self, imgsz: int) -> None:

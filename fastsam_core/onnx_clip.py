@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsam_core.onnx_net import export_module, open_session, settings_key
+from fastsam_core.onnx_net import cached_session, export_module, settings_key
 
 TOWERS = ("image", "text")
 
@@ -35,22 +35,16 @@ def tower_path(cache_dir: str | Path, arch: str, sha256: str, tower: str) -> Pat
     return Path(cache_dir) / f"clip-{arch}-{sha256}-{settings_key()}-{tower}.onnx"
 
 
-class _Image(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
+class _Tower(torch.nn.Module):
+    """One tower of an open_clip model as a module: `encode_image` or `encode_text`, normalised."""
+
+    def __init__(self, model: torch.nn.Module, encode: str):
         super().__init__()
         self.model = model
+        self.encode = encode
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(images, normalize=True)
-
-
-class _Text(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(tokens, normalize=True)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.encode)(x, normalize=True)
 
 
 def export_tower(
@@ -67,9 +61,10 @@ def export_tower(
     """
     device = next(model.parameters()).device
     if tower == "image":
-        module, example, name = _Image(model), torch.zeros(2, 3, *image_size, device=device), "images"
+        module, example, name = _Tower(model, "encode_image"), torch.zeros(2, 3, *image_size, device=device), "images"
     else:
-        module, example, name = _Text(model), torch.zeros(2, context, dtype=torch.long, device=device), "tokens"
+        example = torch.zeros(2, context, dtype=torch.long, device=device)
+        module, name = _Tower(model, "encode_text"), "tokens"
     axes = {name: {0: "batch"}, "embeddings": {0: "batch"}}
     return export_module(module, (example,), path, [name], ["embeddings"], axes)
 
@@ -100,13 +95,11 @@ class OnnxClip:
         self.paths = {t: tower_path(cache_dir, arch, sha256, t) for t in TOWERS}
         self._sessions = {}
         for tower, path in self.paths.items():
-            if not path.is_file():
-                export_tower(model, tower, path, image_size, context)
-            try:
-                self._sessions[tower], providers = open_session(path, device, threads)
-            except Exception:
-                export_tower(model, tower, path, image_size, context)
-                self._sessions[tower], providers = open_session(path, device, threads)
+
+            def export(p: Path, tower: str = tower) -> Path:
+                return export_tower(model, tower, p, image_size, context)
+
+            self._sessions[tower], providers = cached_session(path, export, device, threads)
             if tower == "image":
                 self.providers = providers
 

@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,24 @@ def open_session(path: str | Path, device: torch.device, threads: int | None = N
     return ort.InferenceSession(str(path), opts, providers=providers), providers
 
 
+def cached_session(
+    path: str | Path, export: Callable[[Path], object], device: torch.device, threads: int | None = None
+):
+    """`open_session` of the export at `path`, made by `export(path)` first.
+
+    The export is made when the file is missing, and made again, once, when it does not open (a
+    disk fault, a foreign file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        export(path)
+    try:
+        return open_session(path, device, threads)
+    except Exception:
+        export(path)
+        return open_session(path, device, threads)
+
+
 class OnnxNetwork:
     """An ONNX Runtime session of the exported network.
 
@@ -153,17 +172,27 @@ class OnnxNetwork:
         providers: the execution providers in use, best first.
     """
 
-    def __init__(self, path: str | Path, device: torch.device, threads: int | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: torch.device,
+        threads: int | None = None,
+        export: Callable[[Path], object] | None = None,
+    ):
         """Open a session.
 
         Args:
             path: the exported network.
             device: where results go (and, for a GPU, where the CUDA/TensorRT providers run).
             threads: intra-op threads on the CPU; None = ONNX Runtime's default (all cores).
+            export: makes the file at `path` where it is missing or does not open (`cached_session`).
         """
         self.path = Path(path)
         self.device = device
-        self.session, self.providers = open_session(self.path, device, threads)
+        if export is None:
+            self.session, self.providers = open_session(self.path, device, threads)
+        else:
+            self.session, self.providers = cached_session(self.path, export, device, threads)
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The preds and protos for a (B, 3, H, W) float batch in [0, 1], as tensors on `device`."""
